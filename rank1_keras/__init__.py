@@ -1,0 +1,28 @@
+"""rank1_keras: rank-1 Bayesian neural networks and efficient ensembles for Keras 3.
+
+    import rank1_keras as r1
+    layer = r1.layers.DenseRank1(10, ensemble_size=4)
+"""
+
+from rank1_keras import callbacks, ensemble, initializers, layers, losses, regularizers
+from rank1_keras.callbacks import KLAnnealing
+from rank1_keras.ensemble import AverageMembers, TileEnsemble
+from rank1_keras.losses import AverageNLL, MixtureNLL
+from rank1_keras.random_variable import RandomVariable
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AverageMembers",
+    "AverageNLL",
+    "KLAnnealing",
+    "MixtureNLL",
+    "RandomVariable",
+    "TileEnsemble",
+    "callbacks",
+    "ensemble",
+    "initializers",
+    "layers",
+    "losses",
+    "regularizers",
+]

@@ -1,0 +1,24 @@
+"""Ensemble layers: rank-1 Bayesian (stochastic factors) and BatchEnsemble (point factors)."""
+
+from rank1_keras.layers.convolutional import (
+    Conv1DBatchEnsemble,
+    Conv1DRank1,
+    Conv2DBatchEnsemble,
+    Conv2DRank1,
+)
+from rank1_keras.layers.dense import DenseBatchEnsemble, DenseRank1
+from rank1_keras.layers.rank1_mechanics import MemberFactor, Rank1Mixin
+from rank1_keras.layers.recurrent import LSTMCellBatchEnsemble, LSTMCellRank1
+
+__all__ = [
+    "Conv1DBatchEnsemble",
+    "Conv1DRank1",
+    "Conv2DBatchEnsemble",
+    "Conv2DRank1",
+    "DenseBatchEnsemble",
+    "DenseRank1",
+    "LSTMCellBatchEnsemble",
+    "LSTMCellRank1",
+    "MemberFactor",
+    "Rank1Mixin",
+]

@@ -1,0 +1,274 @@
+"""Convolutional layers with per-member rank-1 factors: rank-1 BNN and BatchEnsemble.
+
+r_k (alpha) scales the input channels and s_k (gamma) the output channels,
+so member k convolves with W o (r_k s_k^T) broadcast over the kernel window.
+"""
+
+import keras
+import tensorflow as tf
+
+from rank1_keras import validation
+from rank1_keras.layers.rank1_mechanics import (
+    Rank1Mixin,
+    batch_ensemble_defaults,
+    serialize_factor_arguments,
+)
+
+_FACTORS = ("alpha", "gamma")
+_PADDINGS = {1: ("valid", "same", "causal"), 2: ("valid", "same")}
+
+
+def _normalize_tuple(value, rank, name):
+    values = (value,) * rank if isinstance(value, int) else tuple(value)
+    if len(values) != rank or not all(isinstance(v, int) and v >= 1 for v in values):
+        raise ValueError(
+            f"{name} must be a positive integer or a tuple of {rank} positive integers; got {name}={value!r}."
+        )
+    return values
+
+
+class _ConvRank1(Rank1Mixin, keras.layers.Layer):
+    """N-D convolution with rank-1 factors; see `Conv2DRank1` for the arguments."""
+
+    def __init__(
+        self,
+        rank,
+        filters,
+        kernel_size,
+        ensemble_size=4,
+        strides=1,
+        padding="valid",
+        data_format=None,
+        dilation_rate=1,
+        activation=None,
+        use_bias=True,
+        alpha_initializer="trainable_normal",
+        gamma_initializer="trainable_normal",
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        alpha_regularizer="normal_kl_divergence",
+        gamma_regularizer="normal_kl_divergence",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        alpha_constraint=None,
+        gamma_constraint=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        use_additive_perturbation=False,
+        sample_per_example=False,
+        inference="sample",
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        self.rank = rank
+        self.filters = validation.check_positive_int(filters, "filters")
+        self.kernel_size = _normalize_tuple(kernel_size, rank, "kernel_size")
+        self.strides = _normalize_tuple(strides, rank, "strides")
+        self.dilation_rate = _normalize_tuple(dilation_rate, rank, "dilation_rate")
+        self.padding = validation.check_choice(
+            padding.lower() if isinstance(padding, str) else padding, "padding", _PADDINGS[rank]
+        )
+        self.data_format = validation.check_choice(
+            data_format or keras.config.image_data_format(),
+            "data_format",
+            ("channels_last", "channels_first"),
+        )
+        self._init_rank1(ensemble_size, use_additive_perturbation, sample_per_example, inference, seed)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = use_bias
+        self.alpha_initializer, self.alpha_regularizer, self.alpha_constraint = (
+            self._resolve_factor_arguments("alpha", alpha_initializer, alpha_regularizer, alpha_constraint)
+        )
+        self.gamma_initializer, self.gamma_regularizer, self.gamma_constraint = (
+            self._resolve_factor_arguments("gamma", gamma_initializer, gamma_regularizer, gamma_constraint)
+        )
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.input_spec = keras.layers.InputSpec(ndim=rank + 2)
+
+    @property
+    def _channel_axis(self):
+        # Axis of the channels in a (K, B, ...) member-view tensor.
+        return -1 if self.data_format == "channels_last" else 2
+
+    def build(self, input_shape):
+        channel_axis = -1 if self.data_format == "channels_last" else 1
+        input_channels = input_shape[channel_axis]
+        if input_channels is None:
+            raise ValueError(
+                f"Layer '{self.name}' needs a known number of input channels; got input_shape={input_shape}."
+            )
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=self.kernel_size + (input_channels, self.filters),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+        self._add_member_factor("alpha", input_channels, self.alpha_initializer, self.alpha_regularizer, self.alpha_constraint)
+        self._add_member_factor("gamma", self.filters, self.gamma_initializer, self.gamma_regularizer, self.gamma_constraint)
+        if self.use_bias:
+            self._add_member_factor("bias", self.filters, self.bias_initializer, self.bias_regularizer, self.bias_constraint)
+        self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2, axes={channel_axis: input_channels})
+
+    def _convolve(self, inputs, kernel):
+        padding = self.padding
+        if padding == "causal":
+            # Left-pad the time axis so output t sees inputs <= t (as keras.layers.Conv1D).
+            left = self.dilation_rate[0] * (self.kernel_size[0] - 1)
+            pad = [[0, 0], [left, 0], [0, 0]] if self.data_format == "channels_last" else [[0, 0], [0, 0], [left, 0]]
+            inputs = tf.pad(inputs, pad)
+            padding = "valid"
+        return keras.ops.conv(
+            inputs,
+            kernel,
+            strides=self.strides,
+            padding=padding,
+            data_format=self.data_format,
+            dilation_rate=self.dilation_rate,
+        )
+
+    def _kernel_op(self, members):
+        outputs = self._convolve(self._merge_members(members), tf.convert_to_tensor(self.kernel))
+        return self._split_members(outputs)
+
+    def _summed_kernel_op(self, members):
+        # An all-ones one-channel kernel: sums <x, r> over each kernel window.
+        ones = tf.ones(self.kernel_size + (1, 1), dtype=members.dtype)
+        return self._split_members(self._convolve(self._merge_members(members), ones))
+
+    def call(self, inputs, training=False):
+        members = self._split_members(inputs)
+        factors = self._draw_factors(tf.shape(members)[1], self._samples_factors(training))
+        outputs = self._apply_rank1(
+            members,
+            factors["alpha"],
+            factors["gamma"],
+            kernel_op=self._kernel_op,
+            summed_kernel_op=self._summed_kernel_op,
+            channel_axis=self._channel_axis,
+        )
+        if self.use_bias:
+            outputs = self._add_member_bias(outputs, factors["bias"], self._channel_axis)
+        outputs = self._merge_members(outputs)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        spatial_axes = range(1, self.rank + 1) if self.data_format == "channels_last" else range(2, self.rank + 2)
+        spatial = []
+        for i, axis in enumerate(spatial_axes):
+            size = input_shape[axis]
+            if size is None:
+                spatial.append(None)
+                continue
+            window = self.dilation_rate[i] * (self.kernel_size[i] - 1) + 1
+            if self.padding == "valid":
+                size = size - window + 1
+            spatial.append(-(-size // self.strides[i]))
+        if self.data_format == "channels_last":
+            return (input_shape[0], *spatial, self.filters)
+        return (input_shape[0], self.filters, *spatial)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._rank1_config())
+        config.update(serialize_factor_arguments(self, _FACTORS))
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "data_format": self.data_format,
+                "dilation_rate": self.dilation_rate,
+                "activation": keras.activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="rank1_keras")
+class Conv1DRank1(_ConvRank1):
+    """Rank-1 Bayesian 1-D convolution: member k convolves with W o (r_k s_k^T).
+
+    Arguments as `Conv2DRank1`; `padding` may also be `"causal"`.
+    Input shape: (K*B, steps, channels) (channels_last).
+
+    Example:
+
+    >>> Conv1DRank1(8, 3, ensemble_size=2)(tf.ones((4, 10, 3))).shape
+    TensorShape([4, 8, 8])
+    """
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        super().__init__(1, filters, kernel_size, **kwargs)
+
+    def get_config(self):
+        return super().get_config()
+
+
+@keras.saving.register_keras_serializable(package="rank1_keras")
+class Conv2DRank1(_ConvRank1):
+    """Rank-1 Bayesian 2-D convolution (Dusenberry et al., 2020).
+
+    For member k (rows [k*B, (k+1)*B), block order):
+
+        y = activation(conv(x o r_k, W) o s_k + b_k)
+
+    where r_k scales input channels and s_k output channels, drawn from the
+    (K, channels) mixture posteriors; see `DenseRank1` for the factor,
+    sampling and inference arguments. Conv arguments (`filters`,
+    `kernel_size`, `strides`, `padding` "valid"/"same", `data_format`,
+    `dilation_rate`) are those of `keras.layers.Conv2D`.
+
+    Example:
+
+    >>> Conv2DRank1(8, 3, ensemble_size=2, padding="same")(tf.ones((4, 5, 5, 3))).shape
+    TensorShape([4, 5, 5, 8])
+    """
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        super().__init__(2, filters, kernel_size, **kwargs)
+
+    def get_config(self):
+        return super().get_config()
+
+
+@keras.saving.register_keras_serializable(package="rank1_keras")
+class Conv1DBatchEnsemble(Conv1DRank1):
+    """BatchEnsemble 1-D convolution: `Conv1DRank1` with point factors (ones, no KL)."""
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        super().__init__(filters, kernel_size, **batch_ensemble_defaults(kwargs))
+
+
+@keras.saving.register_keras_serializable(package="rank1_keras")
+class Conv2DBatchEnsemble(Conv2DRank1):
+    """BatchEnsemble 2-D convolution (Wen et al., 2020): `Conv2DRank1` with point factors.
+
+    conv(x o r_k, W) o s_k + b_k with r_k, s_k plain trainable vectors
+    (ones by default, or "random_sign"), no KL.
+
+    Example:
+
+    >>> Conv2DBatchEnsemble(8, 3, ensemble_size=2)(tf.ones((4, 5, 5, 3))).shape
+    TensorShape([4, 3, 3, 8])
+    """
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        super().__init__(filters, kernel_size, **batch_ensemble_defaults(kwargs))

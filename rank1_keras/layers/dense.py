@@ -1,0 +1,176 @@
+"""Dense layers with per-member rank-1 factors: rank-1 BNN and BatchEnsemble."""
+
+import keras
+import tensorflow as tf
+
+from rank1_keras import validation
+from rank1_keras.layers.rank1_mechanics import (
+    Rank1Mixin,
+    batch_ensemble_defaults,
+    serialize_factor_arguments,
+)
+
+_FACTORS = ("alpha", "gamma")
+
+
+@keras.saving.register_keras_serializable(package="rank1_keras")
+class DenseRank1(Rank1Mixin, keras.layers.Layer):
+    """Rank-1 Bayesian dense layer (Dusenberry et al., 2020).
+
+    For member k (rows [k*B, (k+1)*B) of the input, block order):
+
+        y = activation(((x o r_k) W) o s_k + b_k),   i.e.  W_k = W o (r_k s_k^T),
+
+    with W shared and deterministic, r_k = alpha[k] (input_dim) and
+    s_k = gamma[k] (units) drawn from a K-component mixture posterior (one
+    trainable distribution of shape (K, dim)), and b_k a per-member bias.
+    The KL of the factors to their prior, times `kl_weight`, is added to the
+    layer's losses, so `model.fit` minimises NLL + KL.
+
+    Args:
+        units: output dimension.
+        ensemble_size: number of members K (mixture components).
+        activation, use_bias: as in `keras.layers.Dense`.
+        alpha_initializer, gamma_initializer: `"trainable_normal"` (default),
+            `"trainable_cauchy"`, or a point initializer (`"ones"`,
+            `"random_sign"`) for BatchEnsemble factors.
+        kernel_initializer, bias_initializer: for W and the per-member biases.
+        alpha_regularizer, gamma_regularizer: KL regularizers
+            (`"normal_kl_divergence"` default) for trainable factors, Keras
+            regularizers or None for point factors.
+        kernel_regularizer, bias_regularizer, *_constraint: as in Keras.
+        use_additive_perturbation: use W_k = W + r_k s_k^T instead.
+        sample_per_example: draw the factors once per example instead of once
+            per member per call.
+        inference: `"sample"` (draw factors at inference too, the paper's
+            evaluation) or `"mean"` (use the posterior mode).
+        seed: seed of the factor draws.
+
+    Input shape: (K*B, ..., input_dim). Output shape: (K*B, ..., units).
+
+    Example:
+
+    >>> layer = DenseRank1(16, ensemble_size=4)
+    >>> layer(tf.ones((8, 3))).shape     # 4 members x 2 examples
+    TensorShape([8, 16])
+    """
+
+    def __init__(
+        self,
+        units,
+        ensemble_size=4,
+        activation=None,
+        use_bias=True,
+        alpha_initializer="trainable_normal",
+        gamma_initializer="trainable_normal",
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        alpha_regularizer="normal_kl_divergence",
+        gamma_regularizer="normal_kl_divergence",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        alpha_constraint=None,
+        gamma_constraint=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        use_additive_perturbation=False,
+        sample_per_example=False,
+        inference="sample",
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        self.units = validation.check_positive_int(units, "units")
+        self._init_rank1(ensemble_size, use_additive_perturbation, sample_per_example, inference, seed)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = use_bias
+        self.alpha_initializer, self.alpha_regularizer, self.alpha_constraint = (
+            self._resolve_factor_arguments("alpha", alpha_initializer, alpha_regularizer, alpha_constraint)
+        )
+        self.gamma_initializer, self.gamma_regularizer, self.gamma_constraint = (
+            self._resolve_factor_arguments("gamma", gamma_initializer, gamma_regularizer, gamma_constraint)
+        )
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        input_dim = input_shape[-1]
+        if input_dim is None:
+            raise ValueError(f"Layer '{self.name}' needs a known last input dimension; got input_shape={input_shape}.")
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(input_dim, self.units),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+        self._add_member_factor("alpha", input_dim, self.alpha_initializer, self.alpha_regularizer, self.alpha_constraint)
+        self._add_member_factor("gamma", self.units, self.gamma_initializer, self.gamma_regularizer, self.gamma_constraint)
+        if self.use_bias:
+            self._add_member_factor(
+                "bias", self.units, self.bias_initializer, self.bias_regularizer, self.bias_constraint
+            )
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
+
+    def call(self, inputs, training=False):
+        members = self._split_members(inputs)
+        factors = self._draw_factors(tf.shape(members)[1], self._samples_factors(training))
+        outputs = self._apply_rank1(
+            members, factors["alpha"], factors["gamma"], kernel_op=self._kernel_op
+        )
+        if self.use_bias:
+            outputs = self._add_member_bias(outputs, factors["bias"])
+        outputs = self._merge_members(outputs)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def _kernel_op(self, members):
+        return tf.tensordot(members, tf.convert_to_tensor(self.kernel), axes=[[-1], [0]])
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._rank1_config())
+        config.update(serialize_factor_arguments(self, _FACTORS))
+        config.update(
+            {
+                "units": self.units,
+                "activation": keras.activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="rank1_keras")
+class DenseBatchEnsemble(DenseRank1):
+    """BatchEnsemble dense layer (Wen et al., 2020): the point-factor case of `DenseRank1`.
+
+    y = activation(((x o r_k) W) o s_k + b_k) with r_k, s_k plain trainable
+    vectors (initialised to ones by default, or `"random_sign"`), no KL.
+
+    Example:
+
+    >>> layer = DenseBatchEnsemble(16, ensemble_size=4)
+    >>> layer(tf.ones((8, 3))).shape
+    TensorShape([8, 16])
+    """
+
+    def __init__(self, units, **kwargs):
+        super().__init__(units, **batch_ensemble_defaults(kwargs))

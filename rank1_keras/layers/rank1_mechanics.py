@@ -1,0 +1,308 @@
+"""The rank-1 mechanics every ensemble layer shares, written once.
+
+A layer with ensemble size K receives K*B rows in *block order* (rows
+[k*B, (k+1)*B) belong to member k) and computes, for member k,
+
+    multiplicative:  y = phi(((x o r_k) W) o s_k + b_k)      (W_k = W o r_k s_k^T)
+    additive:        y = phi(x W + <x, r_k> s_k + b_k)       (W_k = W + r_k s_k^T)
+
+without materialising W_k. Here `o` scales the input channels (r) and the
+output channels (s). r and s ("alpha" and "gamma" in Edward2) are *factors*:
+each is a `(K, dim)` table that is either a point estimate (a plain weight,
+BatchEnsemble) or a trainable distribution (a `TrainableInitializer`, the
+rank-1 BNN), whose KL to the prior joins the layer's losses.
+
+`Rank1Mixin` holds that machinery; the Dense, Conv and LSTM-cell layers only
+say how to apply their shared kernel.
+"""
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from rank1_keras import initializers as rank1_initializers
+from rank1_keras import regularizers as rank1_regularizers
+from rank1_keras import validation
+from rank1_keras.random_variable import RandomVariable
+
+INFERENCE_MODES = ("sample", "mean")
+
+
+@dataclasses.dataclass
+class MemberFactor:
+    """One per-member table of shape (ensemble_size, dim).
+
+    Attributes:
+        name: the factor's role in its layer ("alpha", "gamma", "bias", ...).
+        initializer: a `TrainableInitializer` (stochastic factor) or a Keras
+            initializer (point factor).
+        regularizer: a KL regularizer for a stochastic factor; for a point
+            factor it is a Keras regularizer already attached to `variable`.
+        variable: the weight of a point factor; None for a stochastic one.
+    """
+
+    name: str
+    initializer: object
+    regularizer: object = None
+    variable: object = None
+
+    @property
+    def is_stochastic(self):
+        return isinstance(self.initializer, rank1_initializers.TrainableInitializer)
+
+    @property
+    def variables(self):
+        return self.initializer.variables if self.is_stochastic else [self.variable]
+
+
+class Rank1Mixin:
+    """Shared rank-1 / BatchEnsemble mechanics for Keras layers.
+
+    A layer class mixes this in before its Keras base class, calls
+    `_init_rank1` in `__init__`, `_add_member_factor` in `build`, and in
+    `call`: `_split_members`, `_draw_factors`, `_apply_rank1`,
+    `_merge_members`.
+    """
+
+    def _init_rank1(
+        self,
+        ensemble_size,
+        use_additive_perturbation,
+        sample_per_example,
+        inference,
+        seed,
+    ):
+        self.ensemble_size = validation.check_positive_int(ensemble_size, "ensemble_size")
+        self.use_additive_perturbation = bool(use_additive_perturbation)
+        self.sample_per_example = bool(sample_per_example)
+        self.inference = validation.check_choice(inference, "inference", INFERENCE_MODES)
+        self.seed = seed
+        self.factor_seed_generator = keras.random.SeedGenerator(seed)
+        self._member_factors = {}
+        self.kl_weight = None
+
+    @staticmethod
+    def _resolve_factor_arguments(name, initializer, regularizer, constraint):
+        """Turns user arguments into objects; rejects inconsistent combinations early."""
+        initializer = rank1_initializers.get(initializer, f"{name}_initializer")
+        regularizer = rank1_regularizers.get(regularizer, f"{name}_regularizer")
+        constraint = keras.constraints.get(constraint)
+        stochastic = isinstance(initializer, rank1_initializers.TrainableInitializer)
+        if rank1_regularizers.is_kl_regularizer(regularizer) and not stochastic:
+            raise ValueError(
+                f"{name}_regularizer={type(regularizer).__name__} is a KL divergence and "
+                f"needs a trainable distribution as {name}_initializer (e.g. "
+                f"'trainable_normal'); got {type(initializer).__name__}. Use "
+                f"{name}_regularizer=None (or 'l2') for point factors."
+            )
+        if stochastic and regularizer is not None and not rank1_regularizers.is_kl_regularizer(regularizer):
+            raise ValueError(
+                f"{name}_regularizer must be a KL regularizer (e.g. 'normal_kl_divergence') "
+                f"or None when {name}_initializer is trainable; got {type(regularizer).__name__}."
+            )
+        if stochastic and constraint is not None:
+            raise ValueError(
+                f"{name}_constraint applies to point factors only; {name}_initializer "
+                f"is the trainable {type(initializer).__name__}. Pass {name}_constraint=None."
+            )
+        return initializer, regularizer, constraint
+
+    def _add_member_factor(self, name, dim, initializer, regularizer=None, constraint=None):
+        """Creates the (ensemble_size, dim) table `name` as weights of this layer."""
+        factor = MemberFactor(name=name, initializer=initializer, regularizer=regularizer)
+        shape = (self.ensemble_size, int(dim))
+        if factor.is_stochastic:
+            initializer.build(self, name, shape)
+            if regularizer is not None and self.kl_weight is None:
+                # Scales every KL term of the layer; KLAnnealing ramps it 0 -> 1.
+                self.kl_weight = self.add_weight(
+                    name="kl_weight", shape=(), initializer="ones", trainable=False
+                )
+        else:
+            factor.variable = self.add_weight(
+                name=name,
+                shape=shape,
+                initializer=initializer,
+                regularizer=regularizer,
+                constraint=constraint,
+                trainable=True,
+            )
+        self._member_factors[name] = factor
+        return factor
+
+    @property
+    def member_factors(self):
+        """The layer's per-member tables, by role."""
+        return dict(self._member_factors)
+
+    @property
+    def posterior_variables(self):
+        """Variational parameters (means and scales) of the stochastic factors."""
+        return [v for f in self._member_factors.values() if f.is_stochastic for v in f.variables]
+
+    @property
+    def fast_weight_variables(self):
+        """Every per-member factor variable: posterior parameters or point factors.
+
+        The papers apply no weight decay to these.
+        """
+        return [v for f in self._member_factors.values() for v in f.variables]
+
+    # -- splitting the batch into members ---------------------------------
+
+    def _split_members(self, inputs):
+        """(K*B, ...) -> (K, B, ...), block order; checks the batch size."""
+        batch_size = inputs.shape[0]
+        if batch_size is not None and batch_size % self.ensemble_size:
+            raise ValueError(self._batch_message(batch_size))
+        dynamic_shape = tf.shape(inputs)
+        checks = []
+        if batch_size is None:
+            checks.append(
+                tf.debugging.assert_equal(
+                    dynamic_shape[0] % self.ensemble_size,
+                    0,
+                    message=self._batch_message("dynamic"),
+                )
+            )
+        with tf.control_dependencies(checks):
+            new_shape = tf.concat([[self.ensemble_size, -1], dynamic_shape[1:]], axis=0)
+            members = tf.reshape(inputs, new_shape)
+        static = [self.ensemble_size, None if batch_size is None else batch_size // self.ensemble_size]
+        members.set_shape(static + list(inputs.shape[1:]))
+        return members
+
+    def _batch_message(self, batch_size):
+        return (
+            f"Layer '{self.name}': the batch size ({batch_size}) must be a multiple of "
+            f"ensemble_size={self.ensemble_size}: the batch holds ensemble_size blocks "
+            "of examples, one per member, in block order. Tile the batch with "
+            "rank1_keras.ensemble.TileEnsemble(ensemble_size) before the first ensemble layer."
+        )
+
+    @staticmethod
+    def _merge_members(members):
+        """(K, B, ...) -> (K*B, ...), inverse of `_split_members`."""
+        shape = tf.shape(members)
+        merged = tf.reshape(members, tf.concat([[-1], shape[2:]], axis=0))
+        k, b = members.shape[0], members.shape[1]
+        merged.set_shape([None if b is None else k * b] + list(members.shape[2:]))
+        return merged
+
+    # -- drawing the factors ---------------------------------------------
+
+    def _samples_factors(self, training):
+        """Stochastic factors are sampled in training, and at inference when
+        `inference="sample"`; otherwise they take the posterior mode."""
+        return bool(training) or self.inference == "sample"
+
+    def _draw_factors(self, examples_per_member, sample, add_kl=True):
+        """Values of the factors for one forward pass, ready to broadcast.
+
+        Returns a dict name -> tensor of shape (K, 1, dim) (one draw per member,
+        or point factors) or (K, B, dim) (one draw per example). With
+        `sample=False` stochastic factors take their posterior mode (the mean
+        of a Normal). With `add_kl`, the KL terms, times `kl_weight`, join the
+        layer losses.
+        """
+        values = {}
+        kl_terms = []
+        for name in self._member_factors:
+            factor = self._member_factors[name]
+            if not factor.is_stochastic:
+                values[name] = tf.expand_dims(tf.convert_to_tensor(factor.variable), 1)
+                continue
+            if sample:
+                sample_shape = [examples_per_member] if self.sample_per_example else []
+                seed = tf.cast(self.factor_seed_generator.next(), tf.int32)
+                random_variable = factor.initializer(sample_shape=sample_shape, seed=seed)
+            else:
+                distribution = factor.initializer.distribution()
+                random_variable = RandomVariable(distribution, value=distribution.mode())
+            value = random_variable.value
+            # (B, K, dim) per example, (K, dim) per member -> (K, B or 1, dim).
+            value = tf.transpose(value, [1, 0, 2]) if value.shape.rank == 3 else value[:, None, :]
+            values[name] = value
+            if add_kl and factor.regularizer is not None:
+                kl_terms.append(factor.regularizer(random_variable))
+        if kl_terms:
+            self.add_loss(self.kl_weight * tf.add_n(kl_terms))
+        return values
+
+    # -- applying them -----------------------------------------------------
+
+    @staticmethod
+    def _broadcast_factor(value, rank, channel_axis):
+        """Reshapes a (K, 1|B, dim) factor to broadcast on a (K, B, ...) tensor.
+
+        `channel_axis` is the axis of the member-view tensor the factor scales
+        (-1 for channels_last, 2 for channels_first).
+        """
+        channel_axis = channel_axis % rank
+        shape = [1] * rank
+        shape[0], shape[1], shape[channel_axis] = -1, tf.shape(value)[1], value.shape[-1]
+        return tf.reshape(value, tf.stack(shape))
+
+    def _apply_rank1(self, members, alpha, gamma, kernel_op, summed_kernel_op=None, channel_axis=-1):
+        """Applies the shared kernel with member k's rank-1 factors r=alpha, s=gamma.
+
+        Args:
+            members: input of shape (K, B, ...).
+            alpha, gamma: factor values from `_draw_factors`.
+            kernel_op: applies the shared kernel W to a (K, B, ...) tensor.
+            summed_kernel_op: for the additive variant, applies an all-ones
+                kernel with one input and one output channel (identity for
+                Dense), so that <x, r> s^T is the rank-1 weight's contribution.
+            channel_axis: the channel axis of the member-view tensors.
+        """
+        rank = members.shape.rank
+        r = self._broadcast_factor(alpha, rank, channel_axis)
+        if not self.use_additive_perturbation:
+            outputs = kernel_op(members * r)
+            s = self._broadcast_factor(gamma, outputs.shape.rank, channel_axis)
+            return outputs * s
+        outputs = kernel_op(members)
+        projected = tf.reduce_sum(members * r, axis=channel_axis, keepdims=True)
+        if summed_kernel_op is not None:
+            projected = summed_kernel_op(projected)
+        s = self._broadcast_factor(gamma, outputs.shape.rank, channel_axis)
+        return outputs + projected * s
+
+    def _add_member_bias(self, outputs, bias, channel_axis=-1):
+        return outputs + self._broadcast_factor(bias, outputs.shape.rank, channel_axis)
+
+    # -- config ------------------------------------------------------------
+
+    def _rank1_config(self):
+        return {
+            "ensemble_size": self.ensemble_size,
+            "use_additive_perturbation": self.use_additive_perturbation,
+            "sample_per_example": self.sample_per_example,
+            "inference": self.inference,
+            "seed": self.seed,
+        }
+
+
+def batch_ensemble_defaults(kwargs, names=("alpha", "gamma")):
+    """Keyword defaults that make a rank-1 layer its BatchEnsemble (point-factor) case."""
+    for name in names:
+        kwargs.setdefault(f"{name}_initializer", "ones")
+        kwargs.setdefault(f"{name}_regularizer", None)
+    return kwargs
+
+
+def serialize_factor_arguments(layer, names):
+    """Config entries for the `<name>_initializer/_regularizer/_constraint` arguments."""
+    config = {}
+    for name in names:
+        config[f"{name}_initializer"] = keras.saving.serialize_keras_object(
+            getattr(layer, f"{name}_initializer")
+        )
+        config[f"{name}_regularizer"] = keras.saving.serialize_keras_object(
+            getattr(layer, f"{name}_regularizer")
+        )
+        config[f"{name}_constraint"] = keras.saving.serialize_keras_object(
+            getattr(layer, f"{name}_constraint")
+        )
+    return config
