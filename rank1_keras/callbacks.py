@@ -33,7 +33,7 @@ class KLAnnealing(keras.callbacks.Callback):
 
     Example:
 
-    >>> model.fit(x, y, epochs=5, callbacks=[KLAnnealing(annealing_epochs=3)])
+        model.fit(x, y, epochs=5, callbacks=[KLAnnealing(annealing_epochs=3)])
     """
 
     def __init__(self, annealing_epochs):

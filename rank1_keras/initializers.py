@@ -228,6 +228,7 @@ class TrainableNormal(_TrainableLocationScale):
     distribution_class = tfd.Normal
 
     def __init__(self, mean_initializer=None, initial_stddev=1e-3, seed=None):
+        validation.check_positive_finite(initial_stddev, "initial_stddev")
         super().__init__(
             loc_initializer=mean_initializer, initial_scale=initial_stddev, seed=seed
         )

@@ -1,0 +1,37 @@
+"""rank1-keras: rank-1 Bayesian neural networks and efficient ensembles for Keras 3."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+
+setup(
+    name="rank1-keras",
+    version="0.1.0",
+    description="Rank-1 Bayesian neural networks, BatchEnsemble and ensembles as Keras 3 layers",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["rank1_keras", "rank1_keras.*", "baselines", "baselines.*"]),
+    install_requires=[
+        # The checked stack: TFP's [tf] extra brings tf-keras, which TFP
+        # imports even though rank1_keras only uses Keras 3.
+        "tensorflow==2.21.*",
+        "tensorflow-probability[tf]==0.25.*",
+        "keras>=3.15,<4",
+        "tensorflow-datasets==4.9.*",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        # edward2 0.0.2 is a numerical reference for the tests only.
+        "test": ["pytest>=8", "edward2==0.0.2"],
+        "gpu": ["tensorflow[and-cuda]==2.21.*"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
