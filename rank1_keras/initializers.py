@@ -285,9 +285,10 @@ def get(identifier, argument_name="initializer"):
         return _ALIASES[identifier]()
     if isinstance(identifier, TrainableInitializer):
         return type(identifier).from_config(identifier.get_config())
+    if isinstance(identifier, dict):
+        # Not wrapped: a known class with bad arguments must report those.
+        return keras.saving.deserialize_keras_object(identifier)
     try:
-        if isinstance(identifier, dict):
-            return keras.saving.deserialize_keras_object(identifier)
         return keras.initializers.get(identifier)
     except (ValueError, TypeError) as error:
         raise ValueError(

@@ -241,9 +241,10 @@ def get(identifier, argument_name="regularizer"):
         return None
     if isinstance(identifier, str) and identifier in _ALIASES:
         return _ALIASES[identifier]()
+    if isinstance(identifier, dict):
+        # Not wrapped: a known class with bad arguments must report those.
+        return keras.saving.deserialize_keras_object(identifier)
     try:
-        if isinstance(identifier, dict):
-            return keras.saving.deserialize_keras_object(identifier)
         return keras.regularizers.get(identifier)
     except (ValueError, TypeError) as error:
         raise ValueError(

@@ -55,10 +55,12 @@ def _assert_close(got, expected, rtol=RTOL):
     np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * scale)
 
 
-def _replay_factors(layer, examples_per_member, sample=True):
+def _replay_factors(layer, examples_per_member, sample=True, jit_compile=False):
     """The factor values the next call of `layer` will use, as (K, B, dim) float64.
 
     Must run before the call (it reads the seed generator's current state).
+    With `jit_compile`, the draws are made under XLA, for a call run under
+    XLA (stateless samplers may pick another algorithm there).
     """
     state = layer.factor_seed_generator.state.numpy().astype(np.int64)
     values = {}
@@ -72,11 +74,18 @@ def _replay_factors(layer, examples_per_member, sample=True):
             seed = tf.constant(state + np.array([0, draw]), tf.int32)
             draw += 1
             distribution = factor.initializer.distribution()
+            shape = (examples_per_member,) if layer.sample_per_example else ()
+
+            def draw_sample(seed, distribution=distribution, shape=shape):
+                return distribution.sample(shape, seed=seed)
+
+            if jit_compile:
+                draw_sample = tf.function(draw_sample, jit_compile=True, autograph=False)
+            drawn = draw_sample(seed).numpy()
             if layer.sample_per_example:
-                drawn = distribution.sample((examples_per_member,), seed=seed).numpy()
                 value = np.transpose(drawn, (1, 0, 2))  # (B, K, d) -> (K, B, d)
             else:
-                value = distribution.sample((), seed=seed).numpy()[:, None, :]
+                value = drawn[:, None, :]
         values[name] = np.broadcast_to(
             np.asarray(value, np.float64), (layer.ensemble_size, examples_per_member, value.shape[-1])
         )
@@ -397,7 +406,7 @@ def test_conv2d_rank1_channels_first_matches_numpy_via_xla(additive):
     )
     x = np.random.default_rng(9).standard_normal((K * B, 3, 6, 5)).astype(np.float32)
     layer.build(x.shape)
-    factors = _replay_factors(layer, B)
+    factors = _replay_factors(layer, B, jit_compile=True)
     run = tf.function(lambda inputs: layer(inputs, training=True), jit_compile=True, autograph=False)
     y = run(tf.constant(x)).numpy()
     expected = _conv_rank1_reference(layer, np.transpose(x, (0, 2, 3, 1)), factors)

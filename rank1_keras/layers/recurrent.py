@@ -129,6 +129,12 @@ class LSTMCellRank1(Rank1Mixin, keras.layers.LSTMCell):
         self._sequence_factors = None
 
     def build(self, input_shape):
+        if len(input_shape) != 2 or input_shape[-1] is None:
+            raise ValueError(
+                f"Layer '{self.name}' expects step inputs of shape (batch, features), i.e. "
+                "sequences of shape (batch, time, features) given to keras.layers.RNN, expected "
+                f"ndim=3 for the sequence; got a step input_shape={tuple(input_shape)}."
+            )
         input_dim = input_shape[-1]
         units = self.units
         self.kernel = self.add_weight(

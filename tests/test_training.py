@@ -1,0 +1,112 @@
+"""Rank-1 models learn on real data with model.fit, and KL annealing does what it says."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rank1_keras import metrics
+from rank1_keras.callbacks import KLAnnealing, rank1_layers
+from rank1_keras.data import load_fashion_mnist
+from rank1_keras.data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR
+from rank1_keras.losses import AverageNLL
+from rank1_keras.models import build_small_cnn, inference_model
+
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(DEFAULT_FASHION_MNIST_DIR),
+    reason="needs Debian's dataset-fashion-mnist (scripts/setup.sh installs it)",
+)
+
+ENSEMBLE_SIZE = 2
+TRAIN, TEST, BATCH = 3000, 1000, 50
+
+
+class _RecordWeights(keras.callbacks.Callback):
+    """Records the KL weight each step sees (runs after KLAnnealing's update)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.weights.append(float(rank1_layers(self.model)[0].kl_weight.numpy()))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    keras.utils.set_random_seed(0)
+    x_train, y_train = (a[:TRAIN] for a in load_fashion_mnist(split="train"))
+    x_test, y_test = (a[:TEST] for a in load_fashion_mnist(split="test"))
+    model = build_small_cnn("rank1", ensemble_size=ENSEMBLE_SIZE, train_size=TRAIN, prior_stddev=0.5)
+    model.compile(keras.optimizers.Adam(2e-3), AverageNLL(ENSEMBLE_SIZE))
+    untrained = inference_model(model, ENSEMBLE_SIZE).predict(x_test, batch_size=200, verbose=0)
+    recorder = _RecordWeights()
+    history = model.fit(
+        x_train, y_train, batch_size=BATCH, epochs=3, callbacks=[KLAnnealing(2), recorder], verbose=0
+    )
+    probabilities = inference_model(model, ENSEMBLE_SIZE).predict(x_test, batch_size=200, verbose=0)
+    return dict(model=model, history=history, recorder=recorder, x_test=x_test, y_test=y_test,
+                untrained=untrained, probabilities=probabilities)
+
+
+def test_rank1_model_learns_fashion_mnist(trained):
+    accuracy = metrics.accuracy(trained["probabilities"].astype("float64"), trained["y_test"])
+    untrained_accuracy = metrics.accuracy(trained["untrained"].astype("float64"), trained["y_test"])
+    # Chance is 0.10; 3 short epochs on 3,000 examples reach ~0.75.
+    assert accuracy > 0.65, accuracy
+    assert accuracy > untrained_accuracy + 0.4
+    nll = metrics.negative_log_likelihood(trained["probabilities"].astype("float64"), trained["y_test"])
+    assert nll < 1.0
+
+
+def test_kl_weight_follows_the_linear_schedule(trained):
+    steps = TRAIN // BATCH
+    expected = [min(1.0, (epoch + (step + 1) / steps) / 2) for epoch in range(3) for step in range(steps)]
+    np.testing.assert_allclose(trained["recorder"].weights, expected, rtol=1e-6)
+    assert trained["history"].history["kl_weight"] == [0.5, 1.0, 1.0]
+
+
+def test_kl_loss_is_the_weight_times_the_closed_form_kl(trained):
+    """The model's added losses equal kl_weight x sum_layers KL(q || p) / N."""
+    model = trained["model"]
+    layers = rank1_layers(model)
+    expected_kl = 0.0
+    for layer in layers:
+        for factor in layer.member_factors.values():
+            if factor.regularizer is None:
+                continue
+            loc = factor.initializer.loc.numpy().astype("float64")
+            scale = tf.nn.softplus(factor.initializer.parameters["unconstrained_scale"]).numpy().astype("float64")
+            prior = factor.regularizer
+            kl = np.log(prior.stddev / scale) + (scale**2 + (loc - prior.mean) ** 2) / (2 * prior.stddev**2) - 0.5
+            expected_kl += prior.scale_factor * kl.sum()
+    for weight in (0.25, 1.0):
+        for layer in layers:
+            layer.kl_weight.assign(weight)
+        model(trained["x_test"][:4], training=True)
+        np.testing.assert_allclose(float(tf.add_n(model.losses)), weight * expected_kl, rtol=1e-4)
+
+
+def test_main_binary_prints_a_table_and_keeps_results_on_failure(tmp_path):
+    output_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "baselines.fashion_mnist", "--epochs=1", "--train_examples=512",
+               "--test_examples=256", "--batch_size=64", "--ensemble_size=2", f"--output_dir={output_dir}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((output_dir / "results.json").read_text())
+    assert [r["method"] for r in results["results"]] == ["deterministic", "batchensemble", "rank1"]
+    for row in results["results"]:
+        assert row["method"] in completed.stdout
+        assert 0.0 <= row["ece"] <= 1.0 and row["nll"] > 0 and 0.2 < row["accuracy"] <= 1.0
+    # A run that fails (unknown method) leaves the previous results untouched.
+    before = (output_dir / "results.json").read_bytes()
+    failed = subprocess.run(command + ["--methods=rank1,bogus"], capture_output=True, text=True, env=env, cwd=root)
+    assert failed.returncode != 0 and "--methods entries must be in" in failed.stderr
+    assert (output_dir / "results.json").read_bytes() == before
