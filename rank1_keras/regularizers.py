@@ -99,7 +99,8 @@ class NormalKLDivergence(KLDivergenceRegularizer):
             scale=self.stddev,
         )
         try:
-            return tfd.kl_divergence(posterior, prior)
+            # Summed, so a hand-made RandomVariable with a batch shape also gives a scalar.
+            return tf.reduce_sum(tfd.kl_divergence(posterior, prior))
         except NotImplementedError as error:
             raise ValueError(
                 f"NormalKLDivergence has a closed form only for a Normal posterior; "
@@ -227,6 +228,14 @@ def serialize(regularizer):
     return keras.saving.serialize_keras_object(regularizer)
 
 
+def _unknown(identifier, argument_name):
+    return ValueError(
+        f"Unknown {argument_name}: {identifier!r}. Expected one of "
+        f"{sorted(_ALIASES)}, a Keras regularizer name such as 'l2', a config "
+        "dict, or a regularizer instance."
+    )
+
+
 def get(identifier, argument_name="regularizer"):
     """Returns a regularizer from a name, a config dict or an instance.
 
@@ -242,16 +251,18 @@ def get(identifier, argument_name="regularizer"):
     if isinstance(identifier, str) and identifier in _ALIASES:
         return _ALIASES[identifier]()
     if isinstance(identifier, dict):
-        # Not wrapped: a known class with bad arguments must report those.
-        return keras.saving.deserialize_keras_object(identifier)
+        try:
+            return keras.saving.deserialize_keras_object(identifier)
+        except TypeError as error:
+            # Only an unknown class is "unknown": a known class with bad
+            # arguments reports those arguments itself.
+            if "Could not locate" not in str(error):
+                raise
+            raise _unknown(identifier, argument_name) from error
     try:
         return keras.regularizers.get(identifier)
     except (ValueError, TypeError) as error:
-        raise ValueError(
-            f"Unknown {argument_name}: {identifier!r}. Expected one of "
-            f"{sorted(_ALIASES)}, a Keras regularizer name such as 'l2', a config "
-            "dict, or a regularizer instance."
-        ) from error
+        raise _unknown(identifier, argument_name) from error
 
 
 def is_kl_regularizer(regularizer):

@@ -10,3 +10,8 @@ import pytest  # noqa: E402
 def _seed():
     keras.utils.set_random_seed(1234)
     yield
+
+
+# The edward2 reference script runs in a subprocess under TF_USE_LEGACY_KERAS=1;
+# importing it here (doctest collection) would switch tf.keras to Keras 2.
+collect_ignore = ["edward2_reference.py"]

@@ -299,8 +299,8 @@ def test_dense_batch_ensemble_matches_numpy_with_random_sign_factors():
 
 
 def test_dense_block_order_member_k_sees_rows_k():
-    """Permuting the member blocks of the input permutes nothing else: each
-    member's rows only use member k's factors (checked against NumPy)."""
+    """Only member 0's block is non-zero: rows of the other members are
+    exactly their own biases, and the whole output matches NumPy."""
     keras.utils.set_random_seed(7)
     layer = DenseRank1(2, ensemble_size=K, seed=1, inference="mean", **_stochastic())
     x = np.zeros((K * B, 3), np.float32)

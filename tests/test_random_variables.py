@@ -447,9 +447,23 @@ def test_round_trip_reproduces_seeded_means():
     np.testing.assert_allclose(b.scale.numpy(), 0.1, rtol=1e-6)
 
 
-@pytest.mark.parametrize("identifier", ["no_such_initializer", {"class_name": "NoSuchInit", "config": {}}, 42])
+@pytest.mark.parametrize("identifier", ["no_such_initializer", 42])
 def test_get_unknown_raises_value_error_naming_the_argument(identifier):
     with pytest.raises(ValueError, match="alpha_initializer"):
         initializers.get(identifier, "alpha_initializer")
     with pytest.raises(ValueError, match="initializer"):
         initializers.get(identifier)
+
+
+def test_get_unknown_class_in_a_config_dict_raises_value_error_naming_the_argument():
+    # An unknown class name is an unknown identifier too (documented: ValueError
+    # naming `argument_name`), whether given as a string or in a config dict.
+    with pytest.raises(ValueError, match="alpha_initializer"):
+        initializers.get({"class_name": "NoSuchInit", "config": {}}, "alpha_initializer")
+
+
+def test_get_known_class_with_bad_config_reports_the_bad_argument():
+    config = initializers.serialize(RandomSign(0.5))
+    config["config"]["positive_probability"] = 2.0
+    with pytest.raises(ValueError, match="positive_probability"):
+        initializers.get(config, "alpha_initializer")

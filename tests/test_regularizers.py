@@ -363,7 +363,20 @@ def test_string_names():
     assert regularizers.get(None) is None
 
 
-@pytest.mark.parametrize("identifier", ["no_such_regularizer", {"class_name": "Nope", "config": {}}])
+@pytest.mark.parametrize("identifier", ["no_such_regularizer", 42])
 def test_unknown_names_raise_value_error_naming_the_argument(identifier):
     with pytest.raises(ValueError, match="gamma_regularizer"):
         regularizers.get(identifier, "gamma_regularizer")
+
+
+def test_unknown_class_in_a_config_dict_raises_value_error_naming_the_argument():
+    # Documented: ValueError naming `argument_name` when the identifier is unknown.
+    with pytest.raises(ValueError, match="gamma_regularizer"):
+        regularizers.get({"class_name": "Nope", "config": {}}, "gamma_regularizer")
+
+
+def test_known_class_with_bad_config_reports_the_bad_argument():
+    config = regularizers.serialize(NormalKLDivergence())
+    config["config"]["stddev"] = -1.0
+    with pytest.raises(ValueError, match=r"\bstddev\b"):
+        regularizers.get(config, "gamma_regularizer")

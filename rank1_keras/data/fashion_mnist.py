@@ -21,10 +21,10 @@ here with NumPy only, so importing this module does not import TensorFlow.
 
 Example:
 
->>> images, labels = load_fashion_mnist(split="test")  # doctest: +SKIP
->>> images.shape, images.dtype, labels.shape, labels.dtype  # doctest: +SKIP
+>>> images, labels = load_fashion_mnist(split="test")
+>>> images.shape, images.dtype, labels.shape, labels.dtype
 ((10000, 28, 28, 1), dtype('float32'), (10000,), dtype('int64'))
->>> FASHION_MNIST_CLASSES[labels[0]]  # doctest: +SKIP
+>>> FASHION_MNIST_CLASSES[labels[0]]
 'Ankle boot'
 """
 
@@ -97,8 +97,8 @@ def load_fashion_mnist(data_dir=None, split="train", normalize=True):
 
     Example:
 
-    >>> images, labels = load_fashion_mnist(split="train")  # doctest: +SKIP
-    >>> images.shape, float(images.max())  # doctest: +SKIP
+    >>> images, labels = load_fashion_mnist(split="train")
+    >>> images.shape, float(images.max())
     ((60000, 28, 28, 1), 1.0)
     """
     if split not in _SPLIT_FILES:
