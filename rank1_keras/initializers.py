@@ -268,14 +268,6 @@ def serialize(initializer):
     return keras.saving.serialize_keras_object(initializer)
 
 
-def _unknown(identifier, argument_name):
-    return ValueError(
-        f"Unknown {argument_name}: {identifier!r}. Expected one of "
-        f"{sorted(_ALIASES)}, a Keras initializer name such as 'ones' or "
-        "'glorot_uniform', a config dict, or an initializer instance."
-    )
-
-
 def get(identifier, argument_name="initializer"):
     """Returns an initializer from a name, a config dict or an instance.
 
@@ -287,22 +279,8 @@ def get(identifier, argument_name="initializer"):
     Raises:
         ValueError: naming `argument_name` when the identifier is unknown.
     """
-    if identifier is None:
-        return None
-    if isinstance(identifier, str) and identifier in _ALIASES:
-        return _ALIASES[identifier]()
     if isinstance(identifier, TrainableInitializer):
         return type(identifier).from_config(identifier.get_config())
-    if isinstance(identifier, dict):
-        try:
-            return keras.saving.deserialize_keras_object(identifier)
-        except TypeError as error:
-            # Only an unknown class is "unknown": a known class with bad
-            # arguments reports those arguments itself.
-            if "Could not locate" not in str(error):
-                raise
-            raise _unknown(identifier, argument_name) from error
-    try:
-        return keras.initializers.get(identifier)
-    except (ValueError, TypeError) as error:
-        raise _unknown(identifier, argument_name) from error
+    return validation.resolve_identifier(
+        identifier, argument_name, _ALIASES, keras.initializers.get, examples="'ones' or 'glorot_uniform'"
+    )

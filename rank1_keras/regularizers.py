@@ -228,14 +228,6 @@ def serialize(regularizer):
     return keras.saving.serialize_keras_object(regularizer)
 
 
-def _unknown(identifier, argument_name):
-    return ValueError(
-        f"Unknown {argument_name}: {identifier!r}. Expected one of "
-        f"{sorted(_ALIASES)}, a Keras regularizer name such as 'l2', a config "
-        "dict, or a regularizer instance."
-    )
-
-
 def get(identifier, argument_name="regularizer"):
     """Returns a regularizer from a name, a config dict or an instance.
 
@@ -246,23 +238,9 @@ def get(identifier, argument_name="regularizer"):
     Raises:
         ValueError: naming `argument_name` when the identifier is unknown.
     """
-    if identifier is None:
-        return None
-    if isinstance(identifier, str) and identifier in _ALIASES:
-        return _ALIASES[identifier]()
-    if isinstance(identifier, dict):
-        try:
-            return keras.saving.deserialize_keras_object(identifier)
-        except TypeError as error:
-            # Only an unknown class is "unknown": a known class with bad
-            # arguments reports those arguments itself.
-            if "Could not locate" not in str(error):
-                raise
-            raise _unknown(identifier, argument_name) from error
-    try:
-        return keras.regularizers.get(identifier)
-    except (ValueError, TypeError) as error:
-        raise _unknown(identifier, argument_name) from error
+    return validation.resolve_identifier(
+        identifier, argument_name, _ALIASES, keras.regularizers.get, examples="'l2'"
+    )
 
 
 def is_kl_regularizer(regularizer):

@@ -3,6 +3,8 @@
 import math
 import numbers
 
+import keras
+
 
 def check_positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -41,3 +43,34 @@ def check_choice(value, name, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}; got {name}={value!r}.")
     return value
+
+
+def resolve_identifier(identifier, argument_name, aliases, keras_get, examples):
+    """Turns a name, config dict or instance into an object (initializer, regularizer).
+
+    Our snake_case `aliases` come first, then Keras' own names via `keras_get`.
+    An unknown name or class is a ValueError naming `argument_name`; a known
+    class with bad arguments raises its own error about those arguments.
+    """
+
+    def unknown():
+        return ValueError(
+            f"Unknown {argument_name}: {identifier!r}. Expected one of {sorted(aliases)}, "
+            f"a Keras name such as {examples}, a config dict, or an instance."
+        )
+
+    if identifier is None:
+        return None
+    if isinstance(identifier, str) and identifier in aliases:
+        return aliases[identifier]()
+    if isinstance(identifier, dict):
+        try:
+            return keras.saving.deserialize_keras_object(identifier)
+        except TypeError as error:
+            if "Could not locate" not in str(error):
+                raise
+            raise unknown() from error
+    try:
+        return keras_get(identifier)
+    except (ValueError, TypeError) as error:
+        raise unknown() from error

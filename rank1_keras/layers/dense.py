@@ -85,18 +85,10 @@ class DenseRank1(Rank1Mixin, keras.layers.Layer):
         self._init_rank1(ensemble_size, use_additive_perturbation, sample_per_example, inference, seed)
         self.activation = keras.activations.get(activation)
         self.use_bias = use_bias
-        self.alpha_initializer, self.alpha_regularizer, self.alpha_constraint = (
-            self._resolve_factor_arguments("alpha", alpha_initializer, alpha_regularizer, alpha_constraint)
+        self._init_factor_arguments(_FACTORS, locals())
+        self._init_kernel_and_bias_arguments(
+            kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer, kernel_constraint, bias_constraint
         )
-        self.gamma_initializer, self.gamma_regularizer, self.gamma_constraint = (
-            self._resolve_factor_arguments("gamma", gamma_initializer, gamma_regularizer, gamma_constraint)
-        )
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
         self.supports_masking = True
 
@@ -147,14 +139,9 @@ class DenseRank1(Rank1Mixin, keras.layers.Layer):
                 "units": self.units,
                 "activation": keras.activations.serialize(self.activation),
                 "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
             }
         )
+        config.update(self._kernel_and_bias_config())
         return config
 
 

@@ -82,6 +82,42 @@ class Rank1Mixin:
         self._member_factors = {}
         self.kl_weight = None
 
+    def _init_factor_arguments(self, names, arguments):
+        """Sets `<name>_initializer/_regularizer/_constraint` for each factor name.
+
+        `arguments` maps those argument names to the user's values.
+        """
+        for name in names:
+            initializer, regularizer, constraint = self._resolve_factor_arguments(
+                name,
+                arguments[f"{name}_initializer"],
+                arguments[f"{name}_regularizer"],
+                arguments[f"{name}_constraint"],
+            )
+            setattr(self, f"{name}_initializer", initializer)
+            setattr(self, f"{name}_regularizer", regularizer)
+            setattr(self, f"{name}_constraint", constraint)
+
+    def _init_kernel_and_bias_arguments(
+        self, kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer, kernel_constraint, bias_constraint
+    ):
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+
+    def _kernel_and_bias_config(self):
+        return {
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+        }
+
     @staticmethod
     def _resolve_factor_arguments(name, initializer, regularizer, constraint):
         """Turns user arguments into objects; rejects inconsistent combinations early."""

@@ -115,17 +115,7 @@ class LSTMCellRank1(Rank1Mixin, keras.layers.LSTMCell):
         self.implementation = 2
         self.dropout_mask_count = None
         self._init_rank1(ensemble_size, use_additive_perturbation, sample_per_example, inference, seed)
-        arguments = locals()
-        for name in _FACTORS:
-            initializer, regularizer, constraint = self._resolve_factor_arguments(
-                name,
-                arguments[f"{name}_initializer"],
-                arguments[f"{name}_regularizer"],
-                arguments[f"{name}_constraint"],
-            )
-            setattr(self, f"{name}_initializer", initializer)
-            setattr(self, f"{name}_regularizer", regularizer)
-            setattr(self, f"{name}_constraint", constraint)
+        self._init_factor_arguments(_FACTORS, locals())
         self._sequence_factors = None
 
     def build(self, input_shape):
