@@ -6,6 +6,7 @@
 
 from rank1_keras import callbacks, ensemble, initializers, layers, losses, regularizers
 from rank1_keras.callbacks import KLAnnealing
+from rank1_keras.convert import conversion_summary, convert, join_ensemble, member_outputs
 from rank1_keras.ensemble import AverageMembers, TileEnsemble
 from rank1_keras.losses import AverageNLL, MixtureNLL
 from rank1_keras.random_variable import RandomVariable
@@ -13,6 +14,10 @@ from rank1_keras.random_variable import RandomVariable
 __version__ = "0.1.0"
 
 __all__ = [
+    "conversion_summary",
+    "convert",
+    "join_ensemble",
+    "member_outputs",
     "AverageMembers",
     "AverageNLL",
     "KLAnnealing",

@@ -39,12 +39,24 @@ def average_member_probabilities(probabilities, ensemble_size):
     return tf.reduce_mean(split_members(probabilities, ensemble_size), axis=0)
 
 
+TRAINING_BATCHES = ("tile", "split")
+TRAINING_OUTPUTS = ("average", "members")
+
+
 @keras.saving.register_keras_serializable(package="rank1_keras")
 class TileEnsemble(keras.layers.Layer):
     """Tiles a plain batch (B, ...) into (K*B, ...) rows, block order.
 
     Put it right after the inputs of an ensemble model so the model takes the
-    same plain batches as a single network.
+    same plain batches as a single network. Masks are tiled alike.
+
+    Args:
+        ensemble_size: K.
+        training_batch: `"tile"` (every member sees every example, the
+            papers' default) or `"split"`: in training the batch passes
+            unchanged and member k trains on its own block of B/K rows (about
+            K times cheaper steps; B must be a multiple of K). Inference
+            always tiles. Masked inputs need "tile".
 
     Example:
 
@@ -52,28 +64,51 @@ class TileEnsemble(keras.layers.Layer):
     [1.0, 2.0, 1.0, 2.0, 1.0, 2.0]
     """
 
-    def __init__(self, ensemble_size, **kwargs):
+    def __init__(self, ensemble_size, training_batch="tile", **kwargs):
         super().__init__(**kwargs)
         self.ensemble_size = validation.check_positive_int(ensemble_size, "ensemble_size")
+        self.training_batch = validation.check_choice(training_batch, "training_batch", TRAINING_BATCHES)
         self.supports_masking = True
 
-    def call(self, inputs):
-        return tile_members(inputs, self.ensemble_size)
+    def _tiles(self, training):
+        return not (training and self.training_batch == "split")
+
+    def call(self, inputs, training=False):
+        return tile_members(inputs, self.ensemble_size) if self._tiles(training) else inputs
 
     def compute_mask(self, inputs, mask=None):
-        return None if mask is None else tile_members(mask, self.ensemble_size)
+        if mask is None:
+            return None
+        if self.training_batch == "split":
+            # Keras records a functional model's masks once, symbolically,
+            # without `training`, so a mask cannot follow the split/tile switch.
+            raise ValueError(
+                f"Layer '{self.name}': training_batch='split' does not support masked inputs; "
+                "use training_batch='tile' for models with masking."
+            )
+        return tile_members(mask, self.ensemble_size)
 
     def compute_output_shape(self, input_shape):
         batch = input_shape[0]
         return (None if batch is None else batch * self.ensemble_size,) + tuple(input_shape[1:])
 
     def get_config(self):
-        return {**super().get_config(), "ensemble_size": self.ensemble_size}
+        return {
+            **super().get_config(),
+            "ensemble_size": self.ensemble_size,
+            "training_batch": self.training_batch,
+        }
 
 
 @keras.saving.register_keras_serializable(package="rank1_keras")
 class AverageMembers(keras.layers.Layer):
     """Averages (K*B, C) member probabilities into (B, C) ensemble probabilities.
+
+    Args:
+        ensemble_size: K.
+        training_output: `"average"` (always average) or `"members"`: in
+            training, return the member rows unchanged, so that a loss such as
+            `AverageNLL(K)` sees every member; inference always averages.
 
     Example:
 
@@ -82,11 +117,14 @@ class AverageMembers(keras.layers.Layer):
     [[0.5, 0.5]]
     """
 
-    def __init__(self, ensemble_size, **kwargs):
+    def __init__(self, ensemble_size, training_output="average", **kwargs):
         super().__init__(**kwargs)
         self.ensemble_size = validation.check_positive_int(ensemble_size, "ensemble_size")
+        self.training_output = validation.check_choice(training_output, "training_output", TRAINING_OUTPUTS)
 
-    def call(self, inputs):
+    def call(self, inputs, training=False):
+        if training and self.training_output == "members":
+            return inputs
         return average_member_probabilities(inputs, self.ensemble_size)
 
     def compute_output_shape(self, input_shape):
@@ -94,4 +132,8 @@ class AverageMembers(keras.layers.Layer):
         return (None if batch is None else batch // self.ensemble_size,) + tuple(input_shape[1:])
 
     def get_config(self):
-        return {**super().get_config(), "ensemble_size": self.ensemble_size}
+        return {
+            **super().get_config(),
+            "ensemble_size": self.ensemble_size,
+            "training_output": self.training_output,
+        }

@@ -1,8 +1,10 @@
 """The two ensemble training likelihoods as Keras losses.
 
-Both take a model output of shape (K*B, C) (block order) and labels of
-either B rows (the plain batch: they are tiled to every member) or K*B rows
-(each member got its own examples).
+Both take labels for a plain batch of B examples and predictions of either
+K*B rows (every member's answer on the tiled batch, block order) or B rows
+(one answer per example: averaged probabilities at evaluation, or split
+training where each row comes from the member that trained on it), where
+both reduce to the ordinary per-example NLL.
 
 * Average NLL:  -(1/K) sum_k log p(y | x, theta_k)   (the paper trains with it)
 * Mixture NLL:  -log (1/K) sum_k p(y | x, theta_k)   (the evaluation NLL),
@@ -17,7 +19,13 @@ from rank1_keras import validation
 
 
 def _member_log_probabilities(y_true, y_pred, ensemble_size, from_logits):
-    """log p_k(y) for every member and example: shape (K, B)."""
+    """log p_m(y) for every member m and example: shape (M, B).
+
+    M = K when the predictions hold K*B member rows for B labels (a tiled
+    batch); M = 1 when there is one prediction row per label (averaged
+    probabilities at evaluation, or split training where each row is one
+    member's own example), so both losses reduce to the per-row NLL.
+    """
     y_pred = tf.convert_to_tensor(y_pred)
     num_classes = tf.shape(y_pred)[-1]
     if from_logits:
@@ -26,24 +34,32 @@ def _member_log_probabilities(y_true, y_pred, ensemble_size, from_logits):
         # Floor at the smallest normal float so a zero probability gives a
         # large finite loss instead of inf; probabilities are not clipped above.
         log_probabilities = tf.math.log(tf.maximum(y_pred, np.finfo(y_pred.dtype.as_numpy_dtype).tiny))
-    log_probabilities = tf.reshape(log_probabilities, tf.stack([ensemble_size, -1, num_classes]))
 
     y_true = tf.convert_to_tensor(y_true)
     if y_true.shape.rank == 1 or (y_true.shape.rank == 2 and y_true.shape[-1] == 1 and y_pred.shape[-1] != 1):
         # Sparse integer labels.
         y_true = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), num_classes, dtype=log_probabilities.dtype)
     y_true = tf.cast(tf.reshape(y_true, tf.stack([-1, num_classes])), log_probabilities.dtype)
-    # Plain labels (B rows) are shared by every member; K*B labels are per member.
+
     label_rows, prediction_rows = tf.shape(y_true)[0], tf.shape(y_pred)[0]
-    check = tf.debugging.assert_equal(
-        prediction_rows % label_rows,
-        0,
-        message="labels must have B rows (shared by the members) or K*B rows (one per member row)",
+    check = tf.debugging.Assert(
+        tf.logical_or(
+            tf.equal(prediction_rows, label_rows),
+            tf.equal(prediction_rows, ensemble_size * label_rows),
+        ),
+        [
+            f"predictions must have B rows (one per label) or ensemble_size*B rows "
+            f"(ensemble_size={ensemble_size}, block order); got prediction rows:",
+            prediction_rows,
+            "label rows:",
+            label_rows,
+        ],
     )
     with tf.control_dependencies([check]):
-        y_true = tf.tile(y_true, tf.stack([prediction_rows // label_rows, 1]))
-    y_true = tf.reshape(y_true, tf.shape(log_probabilities))
-    return tf.reduce_sum(y_true * log_probabilities, axis=-1)
+        members = prediction_rows // label_rows
+    log_probabilities = tf.reshape(log_probabilities, tf.stack([members, label_rows, num_classes]))
+    # Block order: member m's rows are [m*B, (m+1)*B), all scored on the same labels.
+    return tf.reduce_sum(y_true[None] * log_probabilities, axis=-1)
 
 
 class _EnsembleLikelihood(keras.losses.Loss):
@@ -101,5 +117,5 @@ class MixtureNLL(_EnsembleLikelihood):
 
     def call(self, y_true, y_pred):
         log_likelihood = _member_log_probabilities(y_true, y_pred, self.ensemble_size, self.from_logits)
-        log_k = tf.math.log(tf.cast(self.ensemble_size, log_likelihood.dtype))
-        return -(tf.reduce_logsumexp(log_likelihood, axis=0) - log_k)
+        members = tf.cast(tf.shape(log_likelihood)[0], log_likelihood.dtype)
+        return -(tf.reduce_logsumexp(log_likelihood, axis=0) - tf.math.log(members))

@@ -37,10 +37,16 @@ def _data(seed):
     return logits, probabilities, labels, member_labels, weights
 
 
+def _per_row_nll(log_probabilities, labels):
+    """-log p_row(y_row): one prediction row per label (split training, averaged outputs)."""
+    log_probabilities = np.asarray(log_probabilities, np.float64)
+    return -np.array([log_probabilities[i, labels[i]] for i in range(len(labels))])
+
+
 def _member_log_likelihood(log_probabilities, labels):
-    """(K, B) log p_k(y_b): labels have B rows (shared) or K*B rows (per member)."""
+    """(K, B) log p_k(y_b): the B labels are shared by the K member blocks."""
     log_probabilities = np.asarray(log_probabilities, np.float64).reshape(K, B, C)
-    labels = np.asarray(labels).reshape(-1, B) if np.asarray(labels).size == K * B else np.tile(labels, (K, 1))
+    labels = np.tile(labels, (K, 1))
     out = np.empty((K, B))
     for k in range(K):
         for b in range(B):
@@ -78,12 +84,37 @@ def test_losses_match_numpy(from_logits, label_kind, weighted):
         "per_member_sparse": member_labels,
         "per_member_one_hot": np.eye(C, dtype=np.float32)[member_labels],
     }[label_kind]
+    per_member = label_kind.startswith("per_member")
+    if per_member:
+        # One label per prediction row (split training): both losses are the per-row NLL.
+        weights = np.tile(weights, K)
+        expected_average = expected_mixture = _per_row_nll(log_probabilities, reference_labels)
+    else:
+        expected_average = _average_nll(log_probabilities, reference_labels)
+        expected_mixture = _mixture_nll(log_probabilities, reference_labels)
     sample_weight = weights if weighted else None
     w = weights.astype(np.float64) if weighted else None
     average = AverageNLL(K, from_logits=from_logits)(y_true, y_pred, sample_weight=sample_weight)
     mixture = MixtureNLL(K, from_logits=from_logits)(y_true, y_pred, sample_weight=sample_weight)
-    np.testing.assert_allclose(float(average), _reduce(_average_nll(log_probabilities, reference_labels), w), rtol=1e-5)
-    np.testing.assert_allclose(float(mixture), _reduce(_mixture_nll(log_probabilities, reference_labels), w), rtol=1e-5)
+    np.testing.assert_allclose(float(average), _reduce(expected_average, w), rtol=1e-5)
+    np.testing.assert_allclose(float(mixture), _reduce(expected_mixture, w), rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss_class", [AverageNLL, MixtureNLL])
+def test_averaged_predictions_give_the_plain_nll(loss_class):
+    """At evaluation the model outputs (B, C) averaged probabilities: plain NLL."""
+    _, probabilities, labels, _, _ = _data(3)
+    averaged = probabilities.reshape(K, B, C).mean(0)
+    expected = _per_row_nll(np.log(averaged.astype(np.float64)), labels)
+    np.testing.assert_allclose(loss_class(K).call(labels, averaged).numpy(), expected, rtol=1e-5)
+    # ... which is the mixture NLL of the members.
+    np.testing.assert_allclose(expected, _mixture_nll(np.log(probabilities.astype(np.float64)), labels), rtol=1e-5)
+
+
+def test_prediction_rows_must_be_b_or_k_times_b():
+    _, probabilities, labels, _, _ = _data(4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="predictions must have B rows"):
+        AverageNLL(K).call(labels[:3], probabilities)
 
 
 def test_per_example_values_and_block_order():

@@ -188,43 +188,11 @@ class Rank1Mixin:
     # -- splitting the batch into members ---------------------------------
 
     def _split_members(self, inputs):
-        """(K*B, ...) -> (K, B, ...), block order; checks the batch size."""
-        batch_size = inputs.shape[0]
-        if batch_size is not None and batch_size % self.ensemble_size:
-            raise ValueError(self._batch_message(batch_size))
-        dynamic_shape = tf.shape(inputs)
-        checks = []
-        if batch_size is None:
-            checks.append(
-                tf.debugging.assert_equal(
-                    dynamic_shape[0] % self.ensemble_size,
-                    0,
-                    message=self._batch_message("dynamic"),
-                )
-            )
-        with tf.control_dependencies(checks):
-            new_shape = tf.concat([[self.ensemble_size, -1], dynamic_shape[1:]], axis=0)
-            members = tf.reshape(inputs, new_shape)
-        static = [self.ensemble_size, None if batch_size is None else batch_size // self.ensemble_size]
-        members.set_shape(static + list(inputs.shape[1:]))
-        return members
-
-    def _batch_message(self, batch_size):
-        return (
-            f"Layer '{self.name}': the batch size ({batch_size}) must be a multiple of "
-            f"ensemble_size={self.ensemble_size}: the batch holds ensemble_size blocks "
-            "of examples, one per member, in block order. Tile the batch with "
-            "rank1_keras.ensemble.TileEnsemble(ensemble_size) before the first ensemble layer."
-        )
+        return split_into_members(inputs, self.ensemble_size, self.name)
 
     @staticmethod
     def _merge_members(members):
-        """(K, B, ...) -> (K*B, ...), inverse of `_split_members`."""
-        shape = tf.shape(members)
-        merged = tf.reshape(members, tf.concat([[-1], shape[2:]], axis=0))
-        k, b = members.shape[0], members.shape[1]
-        merged.set_shape([None if b is None else k * b] + list(members.shape[2:]))
-        return merged
+        return merge_members(members)
 
     # -- drawing the factors ---------------------------------------------
 
@@ -318,6 +286,51 @@ class Rank1Mixin:
             "inference": self.inference,
             "seed": self.seed,
         }
+
+
+def split_into_members(inputs, ensemble_size, layer_name):
+    """(K*B, ...) -> (K, B, ...), block order; checks that K divides the batch.
+
+    A statically known bad batch size is a ValueError; a dynamic one fails
+    at run time (InvalidArgumentError) with the same message.
+    """
+    batch_size = inputs.shape[0]
+    if batch_size is not None and batch_size % ensemble_size:
+        raise ValueError(_batch_message(layer_name, batch_size, ensemble_size))
+    dynamic_shape = tf.shape(inputs)
+    checks = []
+    if batch_size is None:
+        checks.append(
+            tf.debugging.assert_equal(
+                dynamic_shape[0] % ensemble_size,
+                0,
+                message=_batch_message(layer_name, "dynamic", ensemble_size),
+            )
+        )
+    with tf.control_dependencies(checks):
+        members = tf.reshape(inputs, tf.concat([[ensemble_size, -1], dynamic_shape[1:]], axis=0))
+    members.set_shape(
+        [ensemble_size, None if batch_size is None else batch_size // ensemble_size] + list(inputs.shape[1:])
+    )
+    return members
+
+
+def _batch_message(layer_name, batch_size, ensemble_size):
+    return (
+        f"Layer '{layer_name}': the batch size ({batch_size}) must be a multiple of "
+        f"ensemble_size={ensemble_size}: the batch holds ensemble_size blocks "
+        "of examples, one per member, in block order. Tile the batch with "
+        "rank1_keras.ensemble.TileEnsemble(ensemble_size) before the first ensemble layer."
+    )
+
+
+def merge_members(members):
+    """(K, B, ...) -> (K*B, ...), inverse of `split_into_members`."""
+    shape = tf.shape(members)
+    merged = tf.reshape(members, tf.concat([[-1], shape[2:]], axis=0))
+    k, b = members.shape[0], members.shape[1]
+    merged.set_shape([None if b is None else k * b] + list(members.shape[2:]))
+    return merged
 
 
 def batch_ensemble_defaults(kwargs, names=("alpha", "gamma")):
