@@ -15,6 +15,7 @@ same entry point.
 """
 
 import dataclasses
+import inspect
 
 import keras
 import numpy as np
@@ -79,6 +80,27 @@ def _check_plain(layer):
     return config
 
 
+def _constructor_arguments(layer_class):
+    """Explicit constructor argument names of `layer_class` and its rank-1 bases."""
+    names = set()
+    for klass in layer_class.__mro__:
+        if klass in (keras.layers.Layer, keras.layers.LSTMCell, object):
+            break
+        if "__init__" in vars(klass):
+            names.update(inspect.signature(klass.__init__).parameters)
+    return names - {"self", "kwargs"} - _STRUCTURAL
+
+
+# Arguments that come from the original layer (or the converter), never from options.
+_STRUCTURAL = set(_DENSE_ARGUMENTS + _CONV_ARGUMENTS + _LSTM_CELL_ARGUMENTS + ["ensemble_size", "rank"])
+
+
+def _options_for(layer_class, options):
+    # Options go to the layers that take them: recurrent_* only to LSTM cells.
+    accepted = _constructor_arguments(layer_class)
+    return {name: value for name, value in options.items() if name in accepted}
+
+
 def _copy_kernel_and_bias(original, converted, ensemble_size):
     converted.kernel.assign(original.kernel)
     if original.use_bias:
@@ -89,7 +111,9 @@ def _convert_dense_or_conv(layer_class):
     def convert_layer(layer, ensemble_size, options):
         config = _check_plain(layer)
         names = _DENSE_ARGUMENTS if isinstance(layer, keras.layers.Dense) else _CONV_ARGUMENTS
-        new_layer = layer_class(ensemble_size=ensemble_size, **_base_arguments(config, names), **options)
+        new_layer = layer_class(
+            ensemble_size=ensemble_size, **_base_arguments(config, names), **_options_for(layer_class, options)
+        )
         return new_layer, lambda: _copy_kernel_and_bias(layer, new_layer, ensemble_size)
 
     return convert_layer
@@ -98,7 +122,9 @@ def _convert_dense_or_conv(layer_class):
 def _convert_lstm(cell_class):
     def convert_layer(layer, ensemble_size, options):
         config = layer.get_config()
-        cell = cell_class(ensemble_size=ensemble_size, **_base_arguments(config, _LSTM_CELL_ARGUMENTS), **options)
+        cell = cell_class(
+            ensemble_size=ensemble_size, **_base_arguments(config, _LSTM_CELL_ARGUMENTS), **_options_for(cell_class, options)
+        )
         new_layer = keras.layers.RNN(cell, **_base_arguments(config, _RNN_ARGUMENTS))
 
         def copy_weights():
@@ -148,12 +174,14 @@ class Method:
 
     Attributes:
         layer_conversions: {Keras layer class: conversion function}.
+        layer_classes: the classes the conversions create (for option checks).
         default_training_batch: "tile" or "split".
         converts_batch_norm: whether `batch_norm="per_member"` applies.
         inserts_dropout: whether `dropout_rate` may insert MCDropout layers.
     """
 
     layer_conversions: dict
+    layer_classes: tuple = ()
     default_training_batch: str = "tile"
     converts_batch_norm: bool = True
     inserts_dropout: bool = False
@@ -175,7 +203,8 @@ register_method(
             keras.layers.Conv1D: _convert_dense_or_conv(Conv1DBatchEnsemble),
             keras.layers.Conv2D: _convert_dense_or_conv(Conv2DBatchEnsemble),
             keras.layers.LSTM: _convert_lstm(LSTMCellBatchEnsemble),
-        }
+        },
+        layer_classes=(DenseBatchEnsemble, Conv1DBatchEnsemble, Conv2DBatchEnsemble, LSTMCellBatchEnsemble),
     ),
 )
 register_method(
@@ -186,7 +215,8 @@ register_method(
             keras.layers.Conv1D: _convert_dense_or_conv(Conv1DRank1),
             keras.layers.Conv2D: _convert_dense_or_conv(Conv2DRank1),
             keras.layers.LSTM: _convert_lstm(LSTMCellRank1),
-        }
+        },
+        layer_classes=(DenseRank1, Conv1DRank1, Conv2DRank1, LSTMCellRank1),
     ),
 )
 register_method(
@@ -326,8 +356,12 @@ def convert(
         if not spec.inserts_dropout:
             raise ValueError(f"dropout_rate applies to method='dropout' only; got method={method!r}.")
         validation.check_probability(dropout_rate, "dropout_rate")
-    if options and method == "dropout":
-        raise ValueError(f"method='dropout' takes no layer options; got {sorted(options)}.")
+    known = set().union(*(_constructor_arguments(c) for c in spec.layer_classes)) if spec.layer_classes else set()
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {unknown} for method={method!r}; layer options are {sorted(known)}."
+        )
 
     chosen = _selected(model, layers, spec)
     copies = []  # weight-copy functions, run once the clone is built
@@ -347,7 +381,8 @@ def convert(
                 "directly) before converting."
             )
         new_layer = layer.__class__.from_config(layer.get_config())
-        copies.append(lambda: new_layer.set_weights(layer.get_weights()))
+        if getattr(layer, "weights", None):  # graph operations (e.g. a mask's NotEqual) have none
+            copies.append(lambda: new_layer.set_weights(layer.get_weights()))
         return new_layer
 
     def call_layer(layer, *args, **kwargs):
