@@ -110,3 +110,16 @@ def test_main_binary_prints_a_table_and_keeps_results_on_failure(tmp_path):
     failed = subprocess.run(command + ["--methods=rank1,bogus"], capture_output=True, text=True, env=env, cwd=root)
     assert failed.returncode != 0 and "--methods entries must be in" in failed.stderr
     assert (output_dir / "results.json").read_bytes() == before
+
+
+def test_converter_example_runs_and_learns():
+    """The README's converter walk-through (examples/convert_models.py) runs and learns."""
+    command = [sys.executable, "-m", "examples.convert_models", "--train_examples=1500", "--test_examples=500",
+               "--ensemble_size=2", "--noresnet"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "conv2d  Conv2D -> Conv2DRank1" in completed.stdout
+    accuracy = float(completed.stdout.split("test accuracy:")[1].split()[0])
+    assert accuracy > 0.5, completed.stdout
