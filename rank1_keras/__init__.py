@@ -6,7 +6,7 @@
 
 from rank1_keras import callbacks, ensemble, initializers, layers, losses, regularizers
 from rank1_keras.callbacks import KLAnnealing
-from rank1_keras.convert import conversion_summary, convert, join_ensemble, member_outputs
+from rank1_keras.convert import conversion_summary, convert, join_ensemble, member_outputs, set_mc_dropout
 from rank1_keras.ensemble import AverageMembers, TileEnsemble
 from rank1_keras.losses import AverageNLL, MixtureNLL
 from rank1_keras.random_variable import RandomVariable
@@ -18,6 +18,7 @@ __all__ = [
     "convert",
     "join_ensemble",
     "member_outputs",
+    "set_mc_dropout",
     "AverageMembers",
     "AverageNLL",
     "KLAnnealing",

@@ -313,8 +313,9 @@ def convert(
             of layer names and/or classes. Dense, Conv1D, Conv2D and LSTM become
             the method's layers; for "dropout", Dropout layers become
             `MCDropout`. Every other layer is kept and shared by the members.
-        batch_norm: "per_member" (each member its own statistics and
-            affine parameters, as the papers) or "shared".
+        batch_norm: "per_member" (each selected BatchNormalization gets
+            per-member statistics and affine parameters, as the papers; with
+            `layers=`, list the BN layers too) or "shared".
         training_batch: "tile" (every member sees every example; default for
             ensembles) or "split" (member k trains on its own B/K examples;
             default for dropout, where it is plain dropout training).
@@ -347,7 +348,9 @@ def convert(
         if method != "dropout":
             raise ValueError(f"num_samples applies to method='dropout' only; use ensemble_size for {method!r}.")
         ensemble_size = num_samples
-    ensemble_size = validation.check_positive_int(ensemble_size, "num_samples" if num_samples else "ensemble_size")
+    ensemble_size = validation.check_positive_int(
+        ensemble_size, "num_samples" if num_samples is not None else "ensemble_size"
+    )
     validation.check_choice(batch_norm, "batch_norm", BATCH_NORM_MODES)
     training_batch = training_batch or spec.default_training_batch
     validation.check_choice(training_batch, "training_batch", TRAINING_BATCHES)
@@ -368,9 +371,14 @@ def convert(
 
     def clone_layer(layer):
         conversion = _conversion_for(layer, spec) if id(layer) in chosen else None
-        if conversion is None and spec.converts_batch_norm and batch_norm == "per_member":
-            if isinstance(layer, keras.layers.BatchNormalization):
-                conversion = _convert_batch_norm
+        if (
+            conversion is None
+            and id(layer) in chosen
+            and spec.converts_batch_norm
+            and batch_norm == "per_member"
+            and isinstance(layer, keras.layers.BatchNormalization)
+        ):
+            conversion = _convert_batch_norm
         if conversion is not None:
             new_layer, copy = conversion(layer, ensemble_size, options)
             copies.append(copy)
@@ -450,15 +458,17 @@ def join_ensemble(models, training_output="members", name="deep_ensemble"):
         raise ValueError("models must hold at least one keras.Model; got none.")
     for model in models:
         _check_model(model)
-    reference = [(tuple(t.shape[1:]), str(t.dtype)) for t in models[0].inputs]
+    def signature(model):
+        return (
+            [(tuple(t.shape[1:]), str(t.dtype)) for t in model.inputs],
+            [(tuple(t.shape[1:]), str(t.dtype)) for t in model.outputs],
+        )
+
     for index, model in enumerate(models[1:], start=1):
-        if [(tuple(t.shape[1:]), str(t.dtype)) for t in model.inputs] != reference or len(model.outputs) != len(
-            models[0].outputs
-        ):
+        if signature(model) != signature(models[0]):
             raise ValueError(
-                f"models[{index}] has inputs {[tuple(t.shape) for t in model.inputs]} and "
-                f"{len(model.outputs)} outputs; models[0] has {[tuple(t.shape) for t in models[0].inputs]} "
-                f"and {len(models[0].outputs)}: join models of the same architecture."
+                f"models[{index}] has (inputs, outputs) {signature(model)}; models[0] has "
+                f"{signature(models[0])}: join models of the same architecture."
             )
     validation.check_choice(training_output, "training_output", TRAINING_OUTPUTS)
     ensemble_size = len(models)
@@ -542,8 +552,26 @@ def conversion_summary(original, converted):
 def member_outputs(converted):
     """A model sharing `converted`'s layers that returns the member rows (K*B, ...).
 
-    Use it for diversity metrics: rows [k*B, (k+1)*B) are member k's outputs.
+    Works for `convert` and `join_ensemble` models. Use it for diversity
+    metrics: rows [k*B, (k+1)*B) are member k's outputs.
     """
-    core = next(layer for layer in converted.layers if layer.name.endswith(_CORE_SUFFIX))
-    tiled = [layer.output for layer in converted.layers if isinstance(layer, TileEnsemble)]
-    return keras.Model(converted.input, core(tiled if len(tiled) > 1 else tiled[0]))
+    heads = [layer for layer in converted.layers if isinstance(layer, AverageMembers)]
+    if not heads:
+        raise ValueError(
+            f"converted must come from rank1_keras.convert or join_ensemble (it has no AverageMembers "
+            f"layer); got the model '{converted.name}'."
+        )
+    member_rows = [layer.input for layer in heads]
+    return keras.Model(converted.input, member_rows if len(member_rows) > 1 else member_rows[0])
+
+
+def set_mc_dropout(model, active):
+    """Switches every MCDropout layer in `model` on (sampling) or off (plain inference).
+
+    Also drops Keras' cached predict/evaluate/train functions, which would
+    otherwise keep the old setting.
+    """
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, MCDropout):
+            layer.active = bool(active)
+    model.predict_function = model.test_function = model.train_function = None

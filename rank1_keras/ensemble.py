@@ -121,11 +121,20 @@ class AverageMembers(keras.layers.Layer):
         super().__init__(**kwargs)
         self.ensemble_size = validation.check_positive_int(ensemble_size, "ensemble_size")
         self.training_output = validation.check_choice(training_output, "training_output", TRAINING_OUTPUTS)
+        self.supports_masking = True
 
     def call(self, inputs, training=False):
-        if training and self.training_output == "members":
+        # Remembered for compute_mask, which Keras calls right after, without `training`.
+        self._averaged_in_last_call = not (training and self.training_output == "members")
+        if not self._averaged_in_last_call:
             return inputs
         return average_member_probabilities(inputs, self.ensemble_size)
+
+    def compute_mask(self, inputs, mask=None):
+        # Members share the examples' masks: the first block is the plain batch's.
+        if mask is None or not getattr(self, "_averaged_in_last_call", True):
+            return mask
+        return split_members(mask, self.ensemble_size)[0]
 
     def compute_output_shape(self, input_shape):
         batch = input_shape[0]
