@@ -86,8 +86,7 @@ class _ConvRank1(Rank1Mixin, keras.layers.Layer):
 
     @property
     def _channel_axis(self):
-        # Axis of the channels in a (K, B, ...) member-view tensor.
-        return -1 if self.data_format == "channels_last" else 2
+        return -1 if self.data_format == "channels_last" else 1
 
     def build(self, input_shape):
         channel_axis = -1 if self.data_format == "channels_last" else 1
@@ -126,20 +125,18 @@ class _ConvRank1(Rank1Mixin, keras.layers.Layer):
             dilation_rate=self.dilation_rate,
         )
 
-    def _kernel_op(self, members):
-        outputs = self._convolve(self._merge_members(members), tf.convert_to_tensor(self.kernel))
-        return self._split_members(outputs)
+    def _kernel_op(self, inputs):
+        return self._convolve(inputs, tf.convert_to_tensor(self.kernel))
 
-    def _summed_kernel_op(self, members):
+    def _summed_kernel_op(self, inputs):
         # An all-ones one-channel kernel: sums <x, r> over each kernel window.
-        ones = tf.ones(self.kernel_size + (1, 1), dtype=members.dtype)
-        return self._split_members(self._convolve(self._merge_members(members), ones))
+        return self._convolve(inputs, tf.ones(self.kernel_size + (1, 1), dtype=inputs.dtype))
 
     def call(self, inputs, training=False):
-        members = self._split_members(inputs)
-        factors = self._draw_factors(tf.shape(members)[1], self._samples_factors(training))
+        examples_per_member = self._examples_per_member(inputs)
+        factors = self._draw_factors(examples_per_member, self._samples_factors(training))
         outputs = self._apply_rank1(
-            members,
+            inputs,
             factors["alpha"],
             factors["gamma"],
             kernel_op=self._kernel_op,
@@ -148,7 +145,6 @@ class _ConvRank1(Rank1Mixin, keras.layers.Layer):
         )
         if self.use_bias:
             outputs = self._add_member_bias(outputs, factors["bias"], self._channel_axis)
-        outputs = self._merge_members(outputs)
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs

@@ -112,20 +112,17 @@ class DenseRank1(Rank1Mixin, keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
 
     def call(self, inputs, training=False):
-        members = self._split_members(inputs)
-        factors = self._draw_factors(tf.shape(members)[1], self._samples_factors(training))
-        outputs = self._apply_rank1(
-            members, factors["alpha"], factors["gamma"], kernel_op=self._kernel_op
-        )
+        examples_per_member = self._examples_per_member(inputs)
+        factors = self._draw_factors(examples_per_member, self._samples_factors(training))
+        outputs = self._apply_rank1(inputs, factors["alpha"], factors["gamma"], kernel_op=self._kernel_op)
         if self.use_bias:
             outputs = self._add_member_bias(outputs, factors["bias"])
-        outputs = self._merge_members(outputs)
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
 
-    def _kernel_op(self, members):
-        return tf.tensordot(members, tf.convert_to_tensor(self.kernel), axes=[[-1], [0]])
+    def _kernel_op(self, inputs):
+        return tf.tensordot(inputs, tf.convert_to_tensor(self.kernel), axes=[[-1], [0]])
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)

@@ -61,8 +61,10 @@ class Rank1Mixin:
 
     A layer class mixes this in before its Keras base class, calls
     `_init_rank1` in `__init__`, `_add_member_factor` in `build`, and in
-    `call`: `_split_members`, `_draw_factors`, `_apply_rank1`,
-    `_merge_members`.
+    `call`: `_examples_per_member`, `_draw_factors`, `_apply_rank1`,
+    `_add_member_bias`. Activations stay in the (K*B, ...) layout; the
+    factors are expanded to one row per example instead, which is cheaper
+    than reshaping every activation into a (K, B, ...) member view.
     """
 
     def _init_rank1(
@@ -185,14 +187,11 @@ class Rank1Mixin:
         """
         return [v for f in self._member_factors.values() for v in f.variables]
 
-    # -- splitting the batch into members ---------------------------------
+    # -- the batch: K blocks of B examples ------------------------------------
 
-    def _split_members(self, inputs):
-        return split_into_members(inputs, self.ensemble_size, self.name)
-
-    @staticmethod
-    def _merge_members(members):
-        return merge_members(members)
+    def _examples_per_member(self, inputs):
+        """B for a (K*B, ...) input; checks that ensemble_size divides the batch."""
+        return examples_per_member(inputs, self.ensemble_size, self.name)
 
     # -- drawing the factors ---------------------------------------------
 
@@ -202,20 +201,20 @@ class Rank1Mixin:
         return bool(training) or self.inference == "sample"
 
     def _draw_factors(self, examples_per_member, sample, add_kl=True):
-        """Values of the factors for one forward pass, ready to broadcast.
+        """Per-row values of the factors for one forward pass.
 
-        Returns a dict name -> tensor of shape (K, 1, dim) (one draw per member,
-        or point factors) or (K, B, dim) (one draw per example). With
-        `sample=False` stochastic factors take their posterior mode (the mean
-        of a Normal). With `add_kl`, the KL terms, times `kl_weight`, join the
-        layer losses.
+        Returns a dict name -> tensor of shape (K*B, dim): row i holds the
+        factor of the member that owns row i (block order), one draw per member
+        (or a point factor) repeated over its B rows, or one draw per example.
+        With `sample=False` stochastic factors take their posterior mode (the
+        mean of a Normal). With `add_kl`, the KL terms, times `kl_weight`, join
+        the layer losses.
         """
         values = {}
         kl_terms = []
-        for name in self._member_factors:
-            factor = self._member_factors[name]
+        for name, factor in self._member_factors.items():
             if not factor.is_stochastic:
-                values[name] = tf.expand_dims(tf.convert_to_tensor(factor.variable), 1)
+                values[name] = tf.repeat(tf.convert_to_tensor(factor.variable), examples_per_member, axis=0)
                 continue
             if sample:
                 sample_shape = [examples_per_member] if self.sample_per_example else []
@@ -225,9 +224,11 @@ class Rank1Mixin:
                 distribution = factor.initializer.distribution()
                 random_variable = RandomVariable(distribution, value=distribution.mode())
             value = random_variable.value
-            # (B, K, dim) per example, (K, dim) per member -> (K, B or 1, dim).
-            value = tf.transpose(value, [1, 0, 2]) if value.shape.rank == 3 else value[:, None, :]
-            values[name] = value
+            if value.shape.rank == 3:
+                # One draw per example, (B, K, dim) -> member-major rows (K*B, dim).
+                values[name] = tf.reshape(tf.transpose(value, [1, 0, 2]), [-1, value.shape[-1]])
+            else:
+                values[name] = tf.repeat(value, examples_per_member, axis=0)
             if add_kl and factor.regularizer is not None:
                 kl_terms.append(factor.regularizer(random_variable))
         if kl_terms:
@@ -237,41 +238,34 @@ class Rank1Mixin:
     # -- applying them -----------------------------------------------------
 
     @staticmethod
-    def _broadcast_factor(value, rank, channel_axis):
-        """Reshapes a (K, 1|B, dim) factor to broadcast on a (K, B, ...) tensor.
-
-        `channel_axis` is the axis of the member-view tensor the factor scales
-        (-1 for channels_last, 2 for channels_first).
-        """
-        channel_axis = channel_axis % rank
+    def _broadcast_factor(rows, rank, channel_axis):
+        """Reshapes (K*B, dim) factor rows to broadcast on a rank-`rank` tensor
+        whose channels sit at `channel_axis` (-1 channels_last, 1 channels_first)."""
         shape = [1] * rank
-        shape[0], shape[1], shape[channel_axis] = -1, tf.shape(value)[1], value.shape[-1]
-        return tf.reshape(value, tf.stack(shape))
+        shape[0], shape[channel_axis % rank] = -1, rows.shape[-1]
+        return tf.reshape(rows, shape)
 
-    def _apply_rank1(self, members, alpha, gamma, kernel_op, summed_kernel_op=None, channel_axis=-1):
-        """Applies the shared kernel with member k's rank-1 factors r=alpha, s=gamma.
+    def _apply_rank1(self, inputs, alpha, gamma, kernel_op, summed_kernel_op=None, channel_axis=-1):
+        """Applies the shared kernel with each row's rank-1 factors r=alpha, s=gamma.
 
         Args:
-            members: input of shape (K, B, ...).
-            alpha, gamma: factor values from `_draw_factors`.
-            kernel_op: applies the shared kernel W to a (K, B, ...) tensor.
+            inputs: the (K*B, ...) input, block order.
+            alpha, gamma: factor rows from `_draw_factors`.
+            kernel_op: applies the shared kernel W.
             summed_kernel_op: for the additive variant, applies an all-ones
-                kernel with one input and one output channel (identity for
-                Dense), so that <x, r> s^T is the rank-1 weight's contribution.
-            channel_axis: the channel axis of the member-view tensors.
+                kernel with one input and one output channel (None for Dense),
+                so that <x, r> s^T is the rank-1 weight's contribution.
+            channel_axis: the channel axis of inputs and outputs.
         """
-        rank = members.shape.rank
-        r = self._broadcast_factor(alpha, rank, channel_axis)
+        r = self._broadcast_factor(alpha, inputs.shape.rank, channel_axis)
         if not self.use_additive_perturbation:
-            outputs = kernel_op(members * r)
-            s = self._broadcast_factor(gamma, outputs.shape.rank, channel_axis)
-            return outputs * s
-        outputs = kernel_op(members)
-        projected = tf.reduce_sum(members * r, axis=channel_axis, keepdims=True)
+            outputs = kernel_op(inputs * r)
+            return outputs * self._broadcast_factor(gamma, outputs.shape.rank, channel_axis)
+        outputs = kernel_op(inputs)
+        projected = tf.reduce_sum(inputs * r, axis=channel_axis, keepdims=True)
         if summed_kernel_op is not None:
             projected = summed_kernel_op(projected)
-        s = self._broadcast_factor(gamma, outputs.shape.rank, channel_axis)
-        return outputs + projected * s
+        return outputs + projected * self._broadcast_factor(gamma, outputs.shape.rank, channel_axis)
 
     def _add_member_bias(self, outputs, bias, channel_axis=-1):
         return outputs + self._broadcast_factor(bias, outputs.shape.rank, channel_axis)
@@ -288,30 +282,30 @@ class Rank1Mixin:
         }
 
 
-def split_into_members(inputs, ensemble_size, layer_name):
-    """(K*B, ...) -> (K, B, ...), block order; checks that K divides the batch.
+def examples_per_member(inputs, ensemble_size, layer_name):
+    """B = (K*B) // K for a block-order batch; checks that K divides the batch.
 
     A statically known bad batch size is a ValueError; a dynamic one fails
     at run time (InvalidArgumentError) with the same message.
     """
     batch_size = inputs.shape[0]
-    if batch_size is not None and batch_size % ensemble_size:
-        raise ValueError(_batch_message(layer_name, batch_size, ensemble_size))
-    dynamic_shape = tf.shape(inputs)
-    checks = []
-    if batch_size is None:
-        checks.append(
-            tf.debugging.assert_equal(
-                dynamic_shape[0] % ensemble_size,
-                0,
-                message=_batch_message(layer_name, "dynamic", ensemble_size),
-            )
-        )
-    with tf.control_dependencies(checks):
-        members = tf.reshape(inputs, tf.concat([[ensemble_size, -1], dynamic_shape[1:]], axis=0))
-    members.set_shape(
-        [ensemble_size, None if batch_size is None else batch_size // ensemble_size] + list(inputs.shape[1:])
+    if batch_size is not None:
+        if batch_size % ensemble_size:
+            raise ValueError(_batch_message(layer_name, batch_size, ensemble_size))
+        return batch_size // ensemble_size
+    rows = tf.shape(inputs)[0]
+    check = tf.debugging.assert_equal(
+        rows % ensemble_size, 0, message=_batch_message(layer_name, "dynamic", ensemble_size)
     )
+    with tf.control_dependencies([check]):
+        return rows // ensemble_size
+
+
+def split_into_members(inputs, ensemble_size, layer_name):
+    """(K*B, ...) -> (K, B, ...), block order; checks that K divides the batch."""
+    examples = examples_per_member(inputs, ensemble_size, layer_name)
+    members = tf.reshape(inputs, tf.concat([[ensemble_size, examples], tf.shape(inputs)[1:]], axis=0))
+    members.set_shape([ensemble_size, examples if isinstance(examples, int) else None] + list(inputs.shape[1:]))
     return members
 
 

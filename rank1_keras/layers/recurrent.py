@@ -181,7 +181,7 @@ class LSTMCellRank1(Rank1Mixin, keras.layers.LSTMCell):
         self._sequence_factors = None
 
     def _draw_sequence_factors(self, step_input):
-        examples_per_member = tf.shape(step_input)[0] // self.ensemble_size
+        examples_per_member = self._examples_per_member(step_input)
         # The hook does not know `training`: draw a sample (adding the KL once)
         # and, with inference="mean", the posterior mode; `call` picks one.
         sampled = self._draw_factors(examples_per_member, sample=True)
@@ -204,20 +204,19 @@ class LSTMCellRank1(Rank1Mixin, keras.layers.LSTMCell):
             h_tm1 = h_tm1 * self.get_recurrent_dropout_mask(h_tm1)
 
         z = self._apply_rank1(
-            self._split_members(inputs),
+            inputs,
             factors["alpha"],
             factors["gamma"],
             kernel_op=lambda x: tf.tensordot(x, tf.convert_to_tensor(self.kernel), axes=[[-1], [0]]),
         )
         z = z + self._apply_rank1(
-            self._split_members(h_tm1),
+            h_tm1,
             factors["recurrent_alpha"],
             factors["recurrent_gamma"],
             kernel_op=lambda h: tf.tensordot(h, tf.convert_to_tensor(self.recurrent_kernel), axes=[[-1], [0]]),
         )
         if self.use_bias:
             z = self._add_member_bias(z, factors["bias"])
-        z = self._merge_members(z)
         z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)
         i = self.recurrent_activation(z_i)
         f = self.recurrent_activation(z_f)
