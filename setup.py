@@ -26,8 +26,20 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        # edward2 0.0.2 is a numerical reference for the tests only.
-        "test": ["pytest>=8", "edward2==0.0.2"],
+        # Embedded real data sets that ship inside packages: scikit-learn's
+        # digits and the UCR/UEA time series in the sktime wheel.
+        "data": ["scikit-learn>=1.3", "sktime==1.2.*"],
+        "plots": ["matplotlib>=3.7"],
+        # edward2 0.0.2 is a numerical reference for the tests only; the tests
+        # also compare against scikit-learn/scipy and draw plots.
+        "test": [
+            "pytest>=8",
+            "edward2==0.0.2",
+            "scikit-learn>=1.3",
+            "scipy>=1.10",
+            "sktime==1.2.*",
+            "matplotlib>=3.7",
+        ],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
     },
     classifiers=[

@@ -9,4 +9,4 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq dataset-fashion-mnist
 fi
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,data,plots]"
