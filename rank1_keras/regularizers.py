@@ -11,7 +11,6 @@ what the rank-1 objective adds per layer (Dusenberry et al., 2020).
 loss per example is NLL + KL / N.
 """
 
-import math
 
 import keras
 import tensorflow as tf
