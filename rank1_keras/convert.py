@@ -265,7 +265,7 @@ def _check_model(model):
         )
 
 
-def _selected(model, layers, method):
+def _selected(model, layers):
     """The layers of `model` chosen for conversion (by class or name)."""
     all_layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     if layers is None:
@@ -366,7 +366,7 @@ def convert(
             f"Unknown option(s) {unknown} for method={method!r}; layer options are {sorted(known)}."
         )
 
-    chosen = _selected(model, layers, spec)
+    chosen = _selected(model, layers)
     copies = []  # weight-copy functions, run once the clone is built
 
     def clone_layer(layer):
@@ -393,24 +393,21 @@ def convert(
             copies.append(lambda: new_layer.set_weights(layer.get_weights()))
         return new_layer
 
+    functional = model if isinstance(model, Functional) else keras.Model(model.inputs, model.outputs)
+    # MC dropout goes after the chosen Dense/Conv layers (by default all but the outputs).
+    inserted_after = set()
+    if dropout_rate:
+        inserted_after = {layer.name for layer in model.layers if id(layer) in chosen}
+        if layers is None:
+            inserted_after -= {tensor._keras_history[0].name for tensor in functional.outputs}
+
     def call_layer(layer, *args, **kwargs):
         outputs = layer(*args, **kwargs)
-        if dropout_rate and isinstance(layer, (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D)):
-            # Insert dropout after the chosen layers (the clone keeps the name).
-            if layer.name in inserted_after:
-                outputs = MCDropout(dropout_rate, name=f"{layer.name}_mc_dropout")(outputs)
+        is_kernel_layer = isinstance(layer, (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D))
+        if is_kernel_layer and layer.name in inserted_after:  # the clone keeps the original's name
+            outputs = MCDropout(dropout_rate, name=f"{layer.name}_mc_dropout")(outputs)
         return outputs
 
-    functional = model if isinstance(model, Functional) else keras.Model(model.inputs, model.outputs)
-    inserted_after = (
-        {layer.name for layer in model.layers if id(layer) in chosen and not isinstance(layer, keras.layers.InputLayer)}
-        if dropout_rate
-        else set()
-    )
-    if dropout_rate and layers is None:
-        # By default, dropout goes after every Dense/Conv layer but the output layer.
-        output_layers = {tensor._keras_history[0].name for tensor in functional.outputs}
-        inserted_after -= output_layers
     core = keras.models.clone_model(
         functional, clone_function=clone_layer, call_function=call_layer if dropout_rate else None
     )
