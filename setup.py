@@ -23,6 +23,8 @@ setup(
         "keras>=3.15,<4",
         "tensorflow-datasets==4.9.*",
         "absl-py>=2.0",
+        # tf.summary writes TensorBoard event files only when tensorboard is installed.
+        "tensorboard==2.21.*",
         "numpy>=1.26",
     ],
     extras_require={

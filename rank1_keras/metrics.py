@@ -21,6 +21,10 @@ Temperature scaling: ``fit_temperature`` (or
 ``fit_temperature_from_probabilities``) fits ``T`` on a validation split and
 ``apply_temperature`` (or ``apply_temperature_to_probabilities``) applies it.
 
+Keras (streaming) versions for ``model.compile(metrics=...)``, which also
+average K*B member rows: ``EnsembleAccuracy``, ``EnsembleNLL``, ``BrierScore``,
+``ExpectedCalibrationError`` (from ``rank1_keras.keras_metrics``).
+
 Inputs are checked (``ValueError`` on bad shapes, labels, or rows that are not
 distributions) and computed in float64.
 
@@ -36,6 +40,8 @@ Example:
 import os
 
 import numpy as np
+
+from rank1_keras.keras_metrics import BrierScore, EnsembleAccuracy, EnsembleNLL, ExpectedCalibrationError  # noqa: F401
 
 # Rows of `probabilities` may sum to 1 up to this absolute error, which
 # tolerates float32 softmax outputs and rounding in averaged ensembles.
@@ -507,7 +513,7 @@ def disagreement(member_probabilities):
     ``disagreement = (2 / (K (K - 1) N)) sum_i sum_{k < l}
     1[yhat_ki != yhat_li]``
 
-    0 when all members predict alike, at most ``1 - 1/K`` when ``C >= K``. For
+    0 when all members predict alike, at most 1 (every pair differs, possible when ``C >= K``). For
     each example it uses ``#{k < l : yhat_ki == yhat_li} = sum_c n_ic (n_ic -
     1) / 2`` with ``n_ic`` the number of members predicting ``c``.
 

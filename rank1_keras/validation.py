@@ -74,3 +74,38 @@ def resolve_identifier(identifier, argument_name, aliases, keras_get, examples):
         return keras_get(identifier)
     except (ValueError, TypeError) as error:
         raise unknown() from error
+
+
+def check_image_shape(value, name="input_shape"):
+    """(height, width, channels) of positive integers."""
+    shape = tuple(value) if isinstance(value, (list, tuple)) else None
+    if (
+        shape is None
+        or len(shape) != 3
+        or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in shape)
+    ):
+        raise ValueError(f"{name} must be (height, width, channels) with positive integers; got {name}={value!r}.")
+    return tuple(int(d) for d in shape)
+
+
+def check_num_classes(value, name="num_classes"):
+    """At least 2 classes: a softmax over one class is always 1."""
+    check_positive_int(value, name)
+    if value < 2:
+        raise ValueError(f"{name} must be at least 2 (a softmax over one class is always 1); got {name}={value!r}.")
+    return int(value)
+
+
+def check_dropout_rate(value, name="dropout_rate"):
+    """A rate in [0, 1)."""
+    check_probability(value, name)
+    if value >= 1.0:
+        raise ValueError(f"{name} must be in [0, 1); got {name}={value!r}.")
+    return float(value)
+
+
+def check_optional_name(value, name="name"):
+    """None or a non-empty string."""
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"{name} must be a non-empty string or None; got {name}={value!r}.")
+    return value

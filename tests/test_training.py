@@ -15,7 +15,7 @@ from rank1_keras.callbacks import KLAnnealing, rank1_layers
 from rank1_keras.data import load_fashion_mnist
 from rank1_keras.data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR
 from rank1_keras.losses import AverageNLL
-from rank1_keras.models import build_small_cnn, inference_model
+from rank1_keras.models import MethodSettings, build_method_models, small_cnn
 
 pytestmark = pytest.mark.skipif(
     not os.path.isdir(DEFAULT_FASHION_MNIST_DIR),
@@ -42,14 +42,16 @@ def trained():
     keras.utils.set_random_seed(0)
     x_train, y_train = (a[:TRAIN] for a in load_fashion_mnist(split="train"))
     x_test, y_test = (a[:TEST] for a in load_fashion_mnist(split="test"))
-    model = build_small_cnn("rank1", ensemble_size=ENSEMBLE_SIZE, train_size=TRAIN, prior_stddev=0.5)
+    settings = MethodSettings("rank1", ensemble_size=ENSEMBLE_SIZE, train_size=TRAIN, prior_stddev=0.5,
+                              random_sign_init=-0.5)
+    (model,) = build_method_models(small_cnn, settings)
     model.compile(keras.optimizers.Adam(2e-3), AverageNLL(ENSEMBLE_SIZE))
-    untrained = inference_model(model, ENSEMBLE_SIZE).predict(x_test, batch_size=200, verbose=0)
+    untrained = model.predict(x_test, batch_size=200, verbose=0)  # the converted model averages its members
     recorder = _RecordWeights()
     history = model.fit(
         x_train, y_train, batch_size=BATCH, epochs=3, callbacks=[KLAnnealing(2), recorder], verbose=0
     )
-    probabilities = inference_model(model, ENSEMBLE_SIZE).predict(x_test, batch_size=200, verbose=0)
+    probabilities = model.predict(x_test, batch_size=200, verbose=0)
     return dict(model=model, history=history, recorder=recorder, x_test=x_test, y_test=y_test,
                 untrained=untrained, probabilities=probabilities)
 
@@ -92,24 +94,39 @@ def test_kl_loss_is_the_weight_times_the_closed_form_kl(trained):
         np.testing.assert_allclose(float(tf.add_n(model.losses)), weight * expected_kl, rtol=1e-4)
 
 
-def test_main_binary_prints_a_table_and_keeps_results_on_failure(tmp_path):
+def test_comparison_binary_prints_one_table_and_keeps_results_on_failure(tmp_path):
+    """The README's main job (baselines.compare), on a slice of Fashion-MNIST, all five methods."""
     output_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "baselines.fashion_mnist", "--epochs=1", "--train_examples=512",
-               "--test_examples=256", "--batch_size=64", "--ensemble_size=2", f"--output_dir={output_dir}"]
+    command = [sys.executable, "-m", "baselines.compare", "--flagfile=configs/embedded/fashion_mnist_demo.cfg",
+               "--train_epochs=1", "--train_examples=640", "--test_examples=256", "--shift_examples=64",
+               "--corruption_severities=1,5", "--per_core_batch_size=64", "--ensemble_size=2", "--num_eval_samples=2",
+               "--verbose=0", f"--output_dir={output_dir}"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    results = json.loads((output_dir / "results.json").read_text())
-    assert [r["method"] for r in results["results"]] == ["deterministic", "batchensemble", "rank1"]
-    for row in results["results"]:
-        assert row["method"] in completed.stdout
+    comparison = json.loads((output_dir / "comparison.json").read_text())
+    methods = ["deterministic", "dropout", "ensemble", "batchensemble", "rank1"]
+    assert [r["method"] for r in comparison["results"]] == methods
+    table = completed.stdout.split("| method |")[1]
+    for row in comparison["results"]:
+        assert f"| {row['method']} |" in table
         assert 0.0 <= row["ece"] <= 1.0 and row["nll"] > 0 and 0.2 < row["accuracy"] <= 1.0
+        assert 0.0 <= row["ood_auroc"] <= 1.0 and row["temperature"] > 0
+        assert sorted(k for k in row if k.startswith("shift/")) == sorted(
+            f"shift/{c}/{s}/{m}" for c in ("gaussian_noise", "gaussian_blur", "contrast") for s in (1, 5)
+            for m in ("accuracy", "nll", "ece")
+        )
+        per_method = json.loads((output_dir / row["method"] / "results.json").read_text())
+        assert per_method["accuracy"] == row["accuracy"]
+    by_method = {row["method"]: row for row in comparison["results"]}
+    assert by_method["ensemble"]["parameters"] == 2 * by_method["deterministic"]["parameters"]
+    assert "disagreement" not in by_method["deterministic"] and by_method["ensemble"]["disagreement"] > 0
     # A run that fails (unknown method) leaves the previous results untouched.
-    before = (output_dir / "results.json").read_bytes()
+    before = (output_dir / "comparison.json").read_bytes()
     failed = subprocess.run(command + ["--methods=rank1,bogus"], capture_output=True, text=True, env=env, cwd=root)
-    assert failed.returncode != 0 and "--methods entries must be in" in failed.stderr
-    assert (output_dir / "results.json").read_bytes() == before
+    assert failed.returncode != 0 and failed.stderr.strip().splitlines()[-1].startswith("error: --methods entries")
+    assert (output_dir / "comparison.json").read_bytes() == before
 
 
 def test_converter_example_runs_and_learns():

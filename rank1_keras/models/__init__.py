@@ -1,5 +1,18 @@
-"""Model builders, one definition per architecture, every method from it."""
+"""Model builders: plain architectures, written once, and every method made from them."""
 
-from rank1_keras.models.small_cnn import METHODS, build_small_cnn, inference_model
+from rank1_keras.models.lstm_classifier import lstm_classifier
+from rank1_keras.models.methods import MethodSettings, build_method_models, inference_model, method_names
+from rank1_keras.models.resnet50 import resnet50
+from rank1_keras.models.small_cnn import small_cnn
+from rank1_keras.models.wide_resnet import wide_resnet
 
-__all__ = ["METHODS", "build_small_cnn", "inference_model"]
+__all__ = [
+    "MethodSettings",
+    "build_method_models",
+    "inference_model",
+    "lstm_classifier",
+    "method_names",
+    "resnet50",
+    "small_cnn",
+    "wide_resnet",
+]

@@ -1,0 +1,1 @@
+"""Training machinery the binaries share: strategies, the custom loop, checkpoints, schedules, evaluation."""

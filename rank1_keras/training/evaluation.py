@@ -1,0 +1,184 @@
+"""Evaluating a trained method: member probabilities -> the comparison metrics.
+
+Every method is evaluated the same way: each example's K members (and S
+stochastic passes) give probabilities p_mi (m over K*S); the prediction is
+their average, so
+
+    accuracy, NLL, ECE (15 bins), Brier     of the averaged probabilities,
+    disagreement, average KL, mutual info   of the members (when M > 1),
+    OOD AUROC / AUPR                        test set vs each OOD set, score 1 - max p,
+    temperature-scaled NLL / ECE            T fitted on the validation split,
+    accuracy / NLL / ECE per shift          each corruption type and severity.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from rank1_keras import metrics
+from rank1_keras.ensemble import AverageMembers
+from rank1_keras.convert import member_outputs
+from rank1_keras.training.loop import TrainData, epoch_dataset
+
+
+@dataclasses.dataclass
+class EvaluationSets:
+    """What to evaluate on; every entry is a `TrainData` of unbatched examples.
+
+    Attributes:
+        test: the in-distribution test set.
+        validation: held-out training examples for temperature scaling (or None).
+        ood: {name: set} of out-of-distribution inputs (labels ignored).
+        shifted: {(corruption, severity): set} of shifted test inputs.
+    """
+
+    test: TrainData
+    validation: TrainData = None
+    ood: dict = dataclasses.field(default_factory=dict)
+    shifted: dict = dataclasses.field(default_factory=dict)
+
+
+def _member_rows_model(model):
+    has_members = any(isinstance(layer, AverageMembers) for layer in model.layers)
+    return member_outputs(model) if has_members else model
+
+
+def member_predictor(model):
+    """A traced function: features -> member rows (K*B, C), or (B, C) for a plain model."""
+    rows_model = _member_rows_model(model)
+    # reduce_retracing: the last batch of a set is smaller.
+    return tf.function(lambda features: rows_model(features, training=False), reduce_retracing=True)
+
+
+def predict_members(model, data, num_samples=1, batch_size=256, predict=None):
+    """Member probabilities (M, N, C), M = K * num_samples, and labels (N,).
+
+    Rows come from the model's member outputs (K*B per batch, block order)
+    or from the model itself (B rows, K = 1); `num_samples` passes are
+    stacked for stochastic methods. `predict`: a `member_predictor(model)`
+    to reuse across sets.
+    """
+    predict = predict or member_predictor(model)
+    passes, labels = [], None
+    for _ in range(num_samples):
+        chunks, label_chunks = [], []
+        for features, batch_labels in epoch_dataset(data, 0, batch_size, seed=0, training=False):
+            rows = np.asarray(predict(features), dtype=np.float64)
+            batch = int(tf.shape(batch_labels)[0])
+            chunks.append(rows.reshape(-1, batch, rows.shape[-1]))
+            label_chunks.append(np.asarray(batch_labels).reshape(-1))
+        passes.append(np.concatenate(chunks, axis=1))
+        labels = np.concatenate(label_chunks)
+    member_probabilities = np.concatenate(passes, axis=0)
+    # float32 softmax rows can sum to 1 +- 1e-7; renormalise in float64.
+    member_probabilities /= member_probabilities.sum(axis=-1, keepdims=True)
+    return member_probabilities, labels.astype(np.int64)
+
+
+def classification_metrics(member_probabilities, labels):
+    """Accuracy, NLL, ECE, Brier, entropy (+ diversity and mutual information for M > 1)."""
+    probabilities = member_probabilities.mean(axis=0)
+    result = metrics.evaluate_classifier(probabilities, labels)
+    result["predictive_entropy"] = float(metrics.predictive_entropy(probabilities).mean())
+    if member_probabilities.shape[0] > 1:
+        result["mutual_information"] = float(metrics.mutual_information(member_probabilities).mean())
+        result["disagreement"] = metrics.disagreement(member_probabilities)
+        result["average_kl"] = metrics.average_kl(member_probabilities)
+    return result
+
+
+def evaluate(model, sets, num_samples=1, batch_size=256, reliability_path=None):
+    """All metrics of `model` on `sets` (an `EvaluationSets`), as a flat dict.
+
+    Keys: the test metrics (`accuracy`, `nll`, `ece`, `brier`, ...);
+    `temperature`, `nll_temperature_scaled`, `ece_temperature_scaled` with a
+    validation split; `ood/<name>/auroc`, `ood/<name>/aupr` and `ood_auroc`
+    (the first set); `shift/<corruption>/<severity>/{accuracy,nll,ece}` and
+    `shift_accuracy`, `shift_ece` (means over all shifts).
+    """
+    predict = member_predictor(model)
+
+    def members_of(data):
+        return predict_members(model, data, num_samples, batch_size, predict)
+
+    member_probabilities, labels = members_of(sets.test)
+    probabilities = member_probabilities.mean(axis=0)
+    result = classification_metrics(member_probabilities, labels)
+    result["test_examples"] = int(len(labels))
+
+    if sets.validation is not None:
+        validation_members, validation_labels = members_of(sets.validation)
+        temperature = metrics.fit_temperature_from_probabilities(validation_members.mean(axis=0), validation_labels)
+        scaled = metrics.apply_temperature_to_probabilities(probabilities, temperature)
+        result["temperature"] = float(temperature)
+        result["nll_temperature_scaled"] = metrics.negative_log_likelihood(scaled, labels)
+        result["ece_temperature_scaled"] = metrics.expected_calibration_error(scaled, labels)
+
+    in_scores = metrics.ood_scores(probabilities)
+    for index, (name, data) in enumerate(sets.ood.items()):
+        ood_members, _ = members_of(data)
+        out_scores = metrics.ood_scores(ood_members.mean(axis=0))
+        result[f"ood/{name}/auroc"] = metrics.ood_auroc(in_scores, out_scores)
+        result[f"ood/{name}/aupr"] = metrics.ood_aupr(in_scores, out_scores)
+        if index == 0:
+            result["ood_auroc"] = result[f"ood/{name}/auroc"]
+            result["ood_aupr"] = result[f"ood/{name}/aupr"]
+
+    shift_accuracies, shift_eces = [], []
+    for (corruption, severity), data in sets.shifted.items():
+        shifted_members, shifted_labels = members_of(data)
+        shifted = metrics.evaluate_classifier(shifted_members.mean(axis=0), shifted_labels)
+        for name in ("accuracy", "nll", "ece"):
+            result[f"shift/{corruption}/{severity}/{name}"] = shifted[name]
+        shift_accuracies.append(shifted["accuracy"])
+        shift_eces.append(shifted["ece"])
+    if shift_accuracies:
+        result["shift_accuracy"] = float(np.mean(shift_accuracies))
+        result["shift_ece"] = float(np.mean(shift_eces))
+
+    if reliability_path:
+        try:
+            metrics.reliability_diagram(probabilities, labels, reliability_path, title=model.name)
+        except ImportError as error:  # matplotlib is an optional extra
+            print(f"Skipping the reliability diagram: {error}", flush=True)
+    return result
+
+
+# -- tables -------------------------------------------------------------------
+
+TABLE_COLUMNS = (
+    ("method", "method", "{}"),
+    ("K", "ensemble_size", "{}"),
+    ("params", "parameters", "{:,}"),
+    ("train s", "train_seconds", "{:.0f}"),
+    ("accuracy", "accuracy", "{:.4f}"),
+    ("NLL", "nll", "{:.4f}"),
+    ("ECE", "ece", "{:.4f}"),
+    ("Brier", "brier", "{:.4f}"),
+    ("OOD AUROC", "ood_auroc", "{:.4f}"),
+    ("disagreement", "disagreement", "{:.4f}"),
+    ("NLL (T)", "nll_temperature_scaled", "{:.4f}"),
+    ("ECE (T)", "ece_temperature_scaled", "{:.4f}"),
+    ("shift acc", "shift_accuracy", "{:.4f}"),
+    ("shift ECE", "shift_ece", "{:.4f}"),
+)
+
+
+def _cell(result, key, form):
+    value = result.get(key)
+    return "-" if value is None else form.format(value)
+
+
+def markdown_header():
+    names = [name for name, _, _ in TABLE_COLUMNS]
+    return "| " + " | ".join(names) + " |\n|" + "|".join("---" for _ in names) + "|"
+
+
+def markdown_row(result):
+    """One run's row of the comparison table (Markdown)."""
+    return "| " + " | ".join(_cell(result, key, form) for _, key, form in TABLE_COLUMNS) + " |"
+
+
+def markdown_table(results):
+    return "\n".join([markdown_header()] + [markdown_row(result) for result in results])

@@ -1,0 +1,131 @@
+"""One run: a task, a method, training under a strategy, evaluation, results.
+
+`run_experiment` is what every binary calls. Output directory layout:
+
+    <output_dir>/checkpoints/[member_<k>/]ckpt-<epoch>.npz   every epoch, resumable
+    <output_dir>/tensorboard/[member_<k>/]                   TensorBoard scalars
+    <output_dir>/results.json, results.md                    written once, at the end, atomically
+    <output_dir>/reliability.png                             reliability diagram (matplotlib)
+
+A failed run (bad flags, missing data, a corrupt or foreign checkpoint, a
+diverged loss) raises before writing results and never replaces a file.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+
+from rank1_keras.models.methods import MethodSettings, build_method_models, inference_model
+from rank1_keras.training import evaluation
+from rank1_keras.training.checkpoint import write_atomically
+from rank1_keras.training.loop import TrainingSettings, checkpoint_directory, train
+from rank1_keras.training.strategy import is_chief, make_strategy
+from rank1_keras.training.tasks import TaskOptions, load_task
+
+
+def _trainable_count(models):
+    return int(sum(sum(int(v.numpy().size) for v in model.trainable_variables) for model in models))
+
+
+def run_experiment(
+    dataset,
+    method_settings,
+    training_settings,
+    task_options,
+    output_dir,
+    strategy=None,
+    evaluation_batch_size=256,
+    write_files=True,
+):
+    """Trains and evaluates one method on one task; returns the result dict.
+
+    Args:
+        dataset: a task name (`rank1_keras.training.tasks.TASKS`).
+        method_settings: `MethodSettings` (its `train_size` is replaced by the
+            task's training-set size).
+        training_settings: `TrainingSettings`.
+        task_options: `TaskOptions`.
+        output_dir: where checkpoints, summaries and results go.
+        strategy: a `tf.distribute.Strategy` (None: the default one).
+        evaluation_batch_size: examples per evaluation batch.
+        write_files: write results.json / results.md (the chief only).
+    """
+    strategy = strategy or make_strategy("default")
+    chief = is_chief(strategy)
+    task = load_task(dataset, task_options)
+    method_settings = dataclasses.replace(method_settings, train_size=task.train.num_examples)
+    seed = training_settings.seed
+    keras.utils.set_random_seed(seed)
+    with strategy.scope():
+        models = build_method_models(task.build_plain, method_settings)
+
+    train_seconds, records = 0.0, []
+    for index, model in enumerate(models):
+        member = index if len(models) > 1 else None
+        # Deep-ensemble members each see their own data order.
+        settings = dataclasses.replace(training_settings, seed=seed + 1000 * index)
+        if member is not None and training_settings.verbose:
+            print(f"-- ensemble member {index + 1} of {len(models)} --", flush=True)
+        record = train(
+            model,
+            task.train,
+            settings,
+            strategy,
+            members=method_settings.members,
+            likelihood=method_settings.training_likelihood,
+            checkpoint_dir=checkpoint_directory(output_dir, member),
+            log_dir=os.path.join(output_dir, "tensorboard", f"member_{index}" if member is not None else ""),
+            chief=chief,
+        )
+        train_seconds += record.train_seconds
+        records.append(record)
+
+    predictor = inference_model(models)
+    start = time.perf_counter()
+    result = evaluation.evaluate(
+        predictor,
+        task.evaluation,
+        num_samples=method_settings.eval_samples,
+        batch_size=evaluation_batch_size,
+        reliability_path=os.path.join(output_dir, "reliability.png") if (write_files and chief) else None,
+    )
+    result.update(
+        dataset=task.name,
+        architecture=task.architecture,
+        method=method_settings.method,
+        ensemble_size=method_settings.ensemble_size if method_settings.method in ("ensemble", "batchensemble", "rank1") else 1,
+        eval_samples=method_settings.eval_samples,
+        parameters=_trainable_count(models),
+        train_seconds=train_seconds,
+        eval_seconds=time.perf_counter() - start,
+        train_examples=task.train.num_examples,
+        replicas=strategy.num_replicas_in_sync,
+        global_batch_size=training_settings.per_replica_batch_size * strategy.num_replicas_in_sync,
+        final_train_logs=[record.logs for record in records],
+        resumed_from_epoch=[record.resumed_from_epoch for record in records],
+        settings={
+            "method": dataclasses.asdict(method_settings),
+            "training": dataclasses.asdict(training_settings),
+            "task": dataclasses.asdict(task_options),
+        },
+        notes=task.notes,
+    )
+    if write_files and chief:
+        write_results(result, output_dir)
+    return result
+
+
+def write_results(result, output_dir):
+    """results.json and a one-row results.md, each replaced atomically."""
+    write_atomically(
+        os.path.join(output_dir, "results.json"),
+        lambda stream: stream.write(json.dumps(result, indent=2, default=float).encode("utf-8")),
+    )
+    table = evaluation.markdown_table([result]) + "\n"
+    write_atomically(os.path.join(output_dir, "results.md"), lambda stream: stream.write(table.encode("utf-8")))
+
+
+__all__ = ["MethodSettings", "TaskOptions", "TrainingSettings", "run_experiment", "write_results"]

@@ -1,0 +1,450 @@
+"""Tasks: a data set, its evaluation sets and its default architecture.
+
+| task                | data                                      | OOD                         | shifts            | architecture |
+|---------------------|-------------------------------------------|-----------------------------|-------------------|--------------|
+| fashion_mnist       | Debian `dataset-fashion-mnist` (embedded) | scikit-learn digits, 28x28  | noise/blur/contrast x 5 | small_cnn / wide_resnet |
+| digits              | scikit-learn digits (embedded), 80/20     | Fashion-MNIST, 8x8          | noise/blur/contrast x 5 | small_cnn (same padding) |
+| japanese_vowels     | sktime UCR/UEA (embedded), 9 speakers     | held-out speakers 8 and 9   | -                 | lstm         |
+| italy_power_demand  | sktime UCR/UEA (embedded), binary         | GunPoint series             | -                 | lstm         |
+| gunpoint            | sktime UCR/UEA (embedded), binary         | ItalyPowerDemand series     | -                 | lstm         |
+| cifar10, cifar100   | tfds in `data_dir`                        | the other CIFAR             | CIFAR-10-C (cifar10) | wide_resnet |
+| imagenet2012        | tfds in `data_dir`                        | -                           | -                 | resnet50     |
+| mimic               | local CSV export (`rank1_keras.data.mimic`) | -                         | -                 | lstm         |
+
+Sequences get one extra constant-1 channel on real steps, so the LSTM's
+`Masking(0.0)` sees exactly the padding, even where every feature is 0.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from rank1_keras import validation
+from rank1_keras.training.evaluation import EvaluationSets
+from rank1_keras.training.loop import TrainData
+
+ARCHITECTURES = ("small_cnn", "wide_resnet", "resnet50", "lstm")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskOptions:
+    """The data and architecture flags of the binaries.
+
+    Attributes:
+        data_dir: where the data lives (None: the embedded default location).
+        validation_percent: percent of the training set held out for
+            temperature scaling (0: none).
+        train_examples, test_examples: use only the first N (0: all).
+        shift_examples: test images per shifted set (embedded images).
+        corruptions: CIFAR-10-C / shift corruption types (None: all; () none).
+        corruption_severities: severities to evaluate.
+        ood: whether to evaluate the task's OOD sets.
+        architecture: None (the task's default) or one of `ARCHITECTURES`.
+        depth, width_multiplier: Wide ResNet / ResNet sizes (None: defaults).
+        lstm_units: LSTM state size.
+        l2: L2 weight decay on the architecture's weights.
+        dropout_rate: Dropout layers inside the architecture (MC dropout uses them).
+        image_size: ImageNet crop size.
+    """
+
+    data_dir: str = None
+    validation_percent: float = 0.0
+    train_examples: int = 0
+    test_examples: int = 0
+    shift_examples: int = 2000
+    corruptions: tuple = None
+    corruption_severities: tuple = (1, 2, 3, 4, 5)
+    ood: bool = True
+    architecture: str = None
+    depth: int = None
+    width_multiplier: float = None
+    lstm_units: int = 64
+    l2: float = 0.0
+    dropout_rate: float = 0.0
+    image_size: int = 224
+
+    def __post_init__(self):
+        if not 0.0 <= self.validation_percent < 100.0:
+            raise ValueError(f"validation_percent must be in [0, 100); got {self.validation_percent}.")
+        if self.architecture is not None:
+            validation.check_choice(self.architecture, "architecture", ARCHITECTURES)
+
+
+@dataclasses.dataclass
+class Task:
+    """A loaded task: training data, evaluation sets and a plain-model builder."""
+
+    name: str
+    num_classes: int
+    input_shape: tuple
+    train: TrainData
+    evaluation: EvaluationSets
+    build_plain: object  # () -> a fresh plain keras.Model
+    architecture: str
+    notes: str = ""
+
+
+def _arrays(features, labels):
+    features = np.asarray(features, np.float32)
+    labels = np.asarray(labels, np.int32)
+    return TrainData(tf.data.Dataset.from_tensor_slices((features, labels)), len(labels))
+
+
+def _first(arrays, count):
+    return tuple(a[:count] for a in arrays) if count else arrays
+
+
+def _hold_out(features, labels, percent):
+    """The last `percent` of the training arrays becomes the validation split."""
+    held = int(round(len(labels) * percent / 100.0))
+    if held == 0:
+        return (features, labels), None
+    return (features[:-held], labels[:-held]), (features[-held:], labels[-held:])
+
+
+def _image_builder(options, input_shape, num_classes, default="small_cnn", padding="valid"):
+    from rank1_keras.models.resnet50 import resnet50
+    from rank1_keras.models.small_cnn import small_cnn
+    from rank1_keras.models.wide_resnet import wide_resnet
+
+    architecture = options.architecture or default
+    if architecture == "small_cnn":
+        builder = lambda: small_cnn(  # noqa: E731
+            input_shape, num_classes, l2=options.l2, dropout_rate=options.dropout_rate, padding=padding
+        )
+    elif architecture == "wide_resnet":
+        builder = lambda: wide_resnet(  # noqa: E731
+            options.depth or 28,
+            int(options.width_multiplier or 10),
+            num_classes,
+            input_shape,
+            l2=options.l2,
+            dropout_rate=options.dropout_rate,
+        )
+    elif architecture == "resnet50":
+        builder = lambda: resnet50(  # noqa: E731
+            num_classes, input_shape, width_multiplier=options.width_multiplier or 1.0, l2=options.l2
+        )
+    else:
+        raise ValueError(f"architecture={architecture!r} does not take images; use small_cnn, wide_resnet or resnet50.")
+    return builder, architecture
+
+
+def _sequence_builder(options, num_features, num_classes):
+    from rank1_keras.models.lstm_classifier import lstm_classifier
+
+    if (options.architecture or "lstm") != "lstm":
+        raise ValueError(f"architecture={options.architecture!r} does not take sequences; use lstm.")
+    return (
+        lambda: lstm_classifier(
+            num_features, num_classes, units=options.lstm_units, dropout_rate=options.dropout_rate, l2=options.l2
+        ),
+        "lstm",
+    )
+
+
+def _shifted_sets(options, images, labels, seed=0):
+    from rank1_keras.data.shifts import SHIFT_CORRUPTIONS, corrupt_images
+
+    corruptions = SHIFT_CORRUPTIONS if options.corruptions is None else options.corruptions
+    for corruption in corruptions:
+        validation.check_choice(corruption, "corruptions", SHIFT_CORRUPTIONS)
+    images, labels = _first((images, labels), options.shift_examples)
+    return {
+        (corruption, severity): _arrays(corrupt_images(images, corruption, severity, seed=seed), labels)
+        for corruption in corruptions
+        for severity in options.corruption_severities
+    }
+
+
+def _image_task(name, options, train, test, ood, default_architecture="small_cnn", padding="valid", notes=""):
+    train, test = _first(train, options.train_examples), _first(test, options.test_examples)
+    train, held_out = _hold_out(*train, options.validation_percent)
+    num_classes = int(max(train[1].max(), test[1].max())) + 1
+    input_shape = tuple(train[0].shape[1:])
+    builder, architecture = _image_builder(options, input_shape, num_classes, default_architecture, padding)
+    return Task(
+        name=name,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        train=_arrays(*train),
+        evaluation=EvaluationSets(
+            test=_arrays(*test),
+            validation=_arrays(*held_out) if held_out else None,
+            ood={key: _arrays(images, np.zeros(len(images))) for key, images in ood.items()} if options.ood else {},
+            shifted=_shifted_sets(options, *test),
+        ),
+        build_plain=builder,
+        architecture=architecture,
+        notes=notes,
+    )
+
+
+def fashion_mnist_task(options):
+    from rank1_keras.data import load_digits, load_fashion_mnist
+
+    train = load_fashion_mnist(options.data_dir, "train")
+    test = load_fashion_mnist(options.data_dir, "test")
+    digits, _ = load_digits(image_size=(28, 28)) if options.ood else (None, None)
+    return _image_task(
+        "fashion_mnist", options, train, test, {"digits": digits} if options.ood else {},
+        notes="Fashion-MNIST (Debian dataset-fashion-mnist); OOD: scikit-learn digits resized to 28x28",
+    )
+
+
+def digits_task(options):
+    from rank1_keras.data import load_digits, load_fashion_mnist
+    from rank1_keras.data.digits import resize_bilinear
+
+    images, labels = load_digits()
+    order = np.random.default_rng(0).permutation(len(labels))  # a fixed split, the same for every run
+    cut = int(0.8 * len(labels))
+    train = (images[order[:cut]], labels[order[:cut]])
+    test = (images[order[cut:]], labels[order[cut:]])
+    ood = {}
+    if options.ood:
+        fashion, _ = load_fashion_mnist(None, "test")
+        ood["fashion_mnist"] = resize_bilinear(fashion[:1000, :, :, 0], (8, 8))[..., None]
+    return _image_task(
+        "digits", options, train, test, ood, padding="same",
+        notes="scikit-learn digits, fixed 80/20 split; OOD: Fashion-MNIST test images resized to 8x8",
+    )
+
+
+# -- sequences ----------------------------------------------------------------
+
+
+def _with_observed_channel(sequences, lengths, length):
+    """Pads to `length` steps and appends a channel that is 1 on real steps, 0 on padding."""
+    count, steps, channels = sequences.shape
+    padded = np.zeros((count, length, channels + 1), np.float32)
+    padded[:, :steps, :channels] = np.nan_to_num(sequences)
+    for index, real in enumerate(lengths):
+        padded[index, :real, channels] = 1.0
+        padded[index, real:, :channels] = 0.0
+    return padded
+
+
+def _standardise(train, others):
+    """Per-channel z-scores with the training set's statistics over real steps."""
+    channels = train.shape[-1] - 1
+    mask = train[..., channels] > 0
+    values = train[mask][:, :channels]
+    mean, std = values.mean(axis=0), values.std(axis=0) + 1e-6
+    result = []
+    for array in (train, *others):
+        array = array.copy()
+        real = array[..., channels] > 0
+        array[..., :channels] = np.where(real[..., None], (array[..., :channels] - mean) / std, 0.0)
+        result.append(array)
+    return result
+
+
+def _ucr(name, split):
+    from rank1_keras.data import load_ucr_uea
+
+    sequences, lengths, labels, _ = load_ucr_uea(name, split)
+    return sequences, lengths, labels
+
+
+def _sequence_task(name, options, train, test, ood, notes):
+    """`train`, `test`: (sequences, lengths, labels); `ood`: {name: (sequences, lengths)}."""
+    length = max(arrays[0].shape[1] for arrays in [train, test, *ood.values()])
+    train_x = _with_observed_channel(train[0], train[1], length)
+    test_x = _with_observed_channel(test[0], test[1], length)
+    ood_x = {key: _with_observed_channel(value[0], value[1], length) for key, value in ood.items()}
+    train_x, test_x, *ood_values = _standardise(train_x, [test_x, *ood_x.values()])
+    ood_x = dict(zip(ood_x, ood_values))
+    train_arrays = _first((train_x, train[2]), options.train_examples)
+    test_arrays = _first((test_x, test[2]), options.test_examples)
+    train_arrays, held_out = _hold_out(*train_arrays, options.validation_percent)
+    num_classes = int(max(train_arrays[1].max(), test_arrays[1].max())) + 1
+    builder, architecture = _sequence_builder(options, train_x.shape[-1], num_classes)
+    return Task(
+        name=name,
+        num_classes=num_classes,
+        input_shape=tuple(train_x.shape[1:]),
+        train=_arrays(*train_arrays),
+        evaluation=EvaluationSets(
+            test=_arrays(*test_arrays),
+            validation=_arrays(*held_out) if held_out else None,
+            ood={key: _arrays(value, np.zeros(len(value))) for key, value in ood_x.items()} if options.ood else {},
+        ),
+        build_plain=builder,
+        architecture=architecture,
+        notes=notes,
+    )
+
+
+def japanese_vowels_task(options):
+    held_out_classes = (7, 8)  # speakers 8 and 9 are the OOD set
+    train, test = _ucr("JapaneseVowels", "train"), _ucr("JapaneseVowels", "test")
+
+    def keep(arrays, inside):
+        chosen = np.isin(arrays[2], held_out_classes) != inside
+        return tuple(a[chosen] for a in arrays)
+
+    ood = keep(test, inside=False)
+    return _sequence_task(
+        "japanese_vowels", options, keep(train, True), keep(test, True), {"held_out_speakers": ood[:2]},
+        notes="JapaneseVowels (UCR/UEA, sktime wheel), speakers 1-7; OOD: speakers 8-9",
+    )
+
+
+def _binary_pair_task(name, dataset, ood_name, ood_dataset):
+    def load(options):
+        ood = _ucr(ood_dataset, "test")
+        return _sequence_task(
+            name, options, _ucr(dataset, "train"), _ucr(dataset, "test"), {ood_name: ood[:2]},
+            notes=f"{dataset} (UCR/UEA, sktime wheel); OOD: {ood_dataset} test series",
+        )
+
+    return load
+
+
+# -- tfds and local data --------------------------------------------------------
+
+
+def _tfds_data(name, split, data_dir, preprocess, limit=0):
+    from rank1_keras.data import tfds_images
+
+    dataset = tfds_images.load_tfds_split(name, split, data_dir)
+    try:
+        count = tfds_images.num_examples(name, split, data_dir)
+    except tfds_images.DataNotFoundError:
+        # The data loaded but tfds has no split sizes (tfds.testing.mock_data):
+        # the data set's own cardinality is the count.
+        count = int(dataset.cardinality())
+        if count < 0:
+            raise
+    if limit:
+        dataset, count = dataset.take(limit), min(count, limit)
+    return TrainData(dataset, count, preprocess)
+
+
+def _cifar_task(name):
+    def load(options):
+        from rank1_keras.data import tfds_images
+
+        preprocess = tfds_images.preprocess_cifar
+        held = options.validation_percent
+        train_split = f"train[:{100 - held:g}%]" if held else "train"
+        # The requested set first, so a missing data_dir names it (not the OOD set).
+        train = _tfds_data(name, train_split, options.data_dir, preprocess, options.train_examples)
+        test = _tfds_data(name, "test", options.data_dir, preprocess, options.test_examples)
+        validation_set = (
+            _tfds_data(name, f"train[{100 - held:g}%:]", options.data_dir, preprocess) if held else None
+        )
+        ood = {}
+        if options.ood:
+            other = "cifar100" if name == "cifar10" else "cifar10"
+            ood[other] = _tfds_data(other, "test", options.data_dir, preprocess, options.test_examples)
+        shifted = {}
+        if name == "cifar10":
+            corruptions = tfds_images.CIFAR10_CORRUPTIONS if options.corruptions is None else options.corruptions
+            for corruption in corruptions:
+                for severity in options.corruption_severities:
+                    config = tfds_images.cifar10_corrupted_name(corruption, severity)
+                    shifted[(corruption, severity)] = _tfds_data(
+                        config, "test", options.data_dir, preprocess, options.test_examples
+                    )
+        num_classes = tfds_images.num_classes(name)
+        builder, architecture = _image_builder(options, (32, 32, 3), num_classes, default="wide_resnet")
+        return Task(
+            name=name,
+            num_classes=num_classes,
+            input_shape=(32, 32, 3),
+            train=train,
+            evaluation=EvaluationSets(
+                test=test,
+                validation=validation_set,
+                ood=ood,
+                shifted=shifted,
+            ),
+            build_plain=builder,
+            architecture=architecture,
+            notes=f"{name} from tfds in {options.data_dir}",
+        )
+
+    return load
+
+
+def imagenet_task(options):
+    from rank1_keras.data import tfds_images
+
+    image_size = options.image_size
+
+    def preprocess(image, label, seed, training):
+        return tfds_images.preprocess_imagenet(image, label, seed, training, image_size=image_size)
+
+    held = options.validation_percent
+    input_shape = (image_size, image_size, 3)
+    builder, architecture = _image_builder(options, input_shape, 1000, default="resnet50")
+    return Task(
+        name="imagenet2012",
+        num_classes=1000,
+        input_shape=input_shape,
+        train=_tfds_data(
+            "imagenet2012", f"train[:{100 - held:g}%]" if held else "train", options.data_dir, preprocess,
+            options.train_examples,
+        ),
+        evaluation=EvaluationSets(
+            test=_tfds_data("imagenet2012", "validation", options.data_dir, preprocess, options.test_examples),
+            validation=(
+                _tfds_data("imagenet2012", f"train[{100 - held:g}%:]", options.data_dir, preprocess) if held else None
+            ),
+        ),
+        build_plain=builder,
+        architecture=architecture,
+        notes=f"imagenet2012 from tfds in {options.data_dir}; test = the validation split",
+    )
+
+
+def mimic_task(options):
+    from rank1_keras.data.mimic import load_mimic
+
+    splits = {}
+    for split in ("train", "validation", "test"):
+        loaded = load_mimic(options.data_dir, split)
+        splits[split] = (loaded["features"], loaded["lengths"], loaded["labels"])
+    length = max(arrays[0].shape[1] for arrays in splits.values())
+    with_channel = {
+        split: (_with_observed_channel(x, lengths, length), labels) for split, (x, lengths, labels) in splits.items()
+    }
+    train_x, validation_x, test_x = _standardise(
+        with_channel["train"][0], [with_channel["validation"][0], with_channel["test"][0]]
+    )
+    train = _first((train_x, with_channel["train"][1]), options.train_examples)
+    test = _first((test_x, with_channel["test"][1]), options.test_examples)
+    builder, architecture = _sequence_builder(options, train_x.shape[-1], 2)
+    return Task(
+        name="mimic",
+        num_classes=2,
+        input_shape=tuple(train_x.shape[1:]),
+        train=_arrays(*train),
+        evaluation=EvaluationSets(test=_arrays(*test), validation=_arrays(validation_x, with_channel["validation"][1])),
+        build_plain=builder,
+        architecture=architecture,
+        notes=f"MIMIC-III mortality export in {options.data_dir}",
+    )
+
+
+TASKS = {
+    "fashion_mnist": fashion_mnist_task,
+    "digits": digits_task,
+    "japanese_vowels": japanese_vowels_task,
+    "italy_power_demand": _binary_pair_task("italy_power_demand", "ItalyPowerDemand", "gunpoint", "GunPoint"),
+    "gunpoint": _binary_pair_task("gunpoint", "GunPoint", "italy_power_demand", "ItalyPowerDemand"),
+    "cifar10": _cifar_task("cifar10"),
+    "cifar100": _cifar_task("cifar100"),
+    "imagenet2012": imagenet_task,
+    "mimic": mimic_task,
+}
+EMBEDDED_TASKS = ("fashion_mnist", "digits", "japanese_vowels", "italy_power_demand", "gunpoint")
+
+
+def load_task(name, options):
+    """Loads the task `name` (a key of `TASKS`) with `options` (a `TaskOptions`)."""
+    validation.check_choice(name, "dataset", tuple(TASKS))
+    return TASKS[name](options)

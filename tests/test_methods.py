@@ -1,0 +1,110 @@
+"""Every method from one plain architecture (`rank1_keras.models.methods`)."""
+
+import keras
+import numpy as np
+import pytest
+
+from rank1_keras import initializers, regularizers
+from rank1_keras.callbacks import rank1_layers
+from rank1_keras.layers.dropout import MCDropout
+from rank1_keras.models import MethodSettings, build_method_models, inference_model, method_names, small_cnn
+from rank1_keras.models.methods import register_method_builder
+
+
+def _plain():
+    return small_cnn((12, 12, 1), 3)
+
+
+def _factors(model):
+    return [factor for layer in rank1_layers(model) for factor in layer.member_factors.values() if factor.name != "bias"]
+
+
+def test_rank1_gets_the_prior_and_posterior_the_settings_name():
+    settings = MethodSettings("rank1", ensemble_size=3, train_size=500, prior_mean=1.0, prior_stddev=0.2,
+                              random_sign_init=0.75)
+    (model,) = build_method_models(_plain, settings)
+    factors = _factors(model)
+    assert len(factors) == 2 * 4  # r and s of 2 convolutions and 2 dense layers
+    for factor in factors:
+        assert isinstance(factor.initializer, initializers.TrainableNormal)
+        assert isinstance(factor.regularizer, regularizers.NormalKLDivergence)
+        assert (factor.regularizer.mean, factor.regularizer.stddev) == (1.0, 0.2)
+        assert factor.regularizer.scale_factor == pytest.approx(1 / 500)
+    means = np.concatenate([np.ravel(v.numpy()) for layer in rank1_layers(model) for v in layer.posterior_variables
+                            if v.path.endswith("_loc")])
+    assert set(np.unique(means)) == {-1.0, 1.0}  # random-sign init
+    assert np.mean(means > 0) == pytest.approx(0.75, abs=0.08)
+
+
+def test_cauchy_prior_and_posterior():
+    settings = MethodSettings("rank1", prior="cauchy", alpha_initializer="trainable_cauchy",
+                              gamma_initializer="trainable_cauchy", prior_stddev=0.3, train_size=10)
+    (model,) = build_method_models(_plain, settings)
+    for factor in _factors(model):
+        assert isinstance(factor.initializer, initializers.TrainableCauchy)
+        assert isinstance(factor.regularizer, regularizers.CauchyKLDivergence)
+        assert factor.regularizer.scale == 0.3
+
+
+def test_batchensemble_has_point_factors_without_kl():
+    (model,) = build_method_models(_plain, MethodSettings("batchensemble", ensemble_size=2, random_sign_init=-0.5))
+    factors = _factors(model)
+    assert factors and all(not f.is_stochastic and f.regularizer is None for f in factors)
+    model(np.zeros((2, 12, 12, 1), "float32"), training=True)
+    assert model.losses == []  # no KL, and no decay on the factors
+
+
+def test_ensemble_members_are_independent_and_joined_by_averaging():
+    keras.utils.set_random_seed(0)
+    models = build_method_models(_plain, MethodSettings("ensemble", ensemble_size=3))
+    assert len(models) == 3
+    first_kernels = [m.layers[1].kernel.numpy() for m in models]
+    assert not np.allclose(first_kernels[0], first_kernels[1])
+    x = np.random.default_rng(0).uniform(size=(5, 12, 12, 1)).astype("float32")
+    expected = np.mean([m.predict(x, verbose=0) for m in models], axis=0)
+    np.testing.assert_allclose(inference_model(models).predict(x, verbose=0), expected, atol=1e-6)
+
+
+def test_dropout_inserts_mc_dropout_only_when_the_model_has_none():
+    (inserted,) = build_method_models(_plain, MethodSettings("dropout", dropout_rate=0.3))
+    layers = [layer for layer in inserted._flatten_layers() if isinstance(layer, MCDropout)]
+    assert [layer.rate for layer in layers] == [0.3, 0.3, 0.3]  # after 2 convs and the hidden dense layer
+    (kept,) = build_method_models(lambda: small_cnn((12, 12, 1), 3, dropout_rate=0.4), MethodSettings("dropout"))
+    assert [layer.rate for layer in kept._flatten_layers() if isinstance(layer, MCDropout)] == [0.4]
+
+
+def test_members_and_samples_per_method():
+    assert MethodSettings("rank1", ensemble_size=4, num_eval_samples=3).members == 4
+    assert MethodSettings("rank1", ensemble_size=4, num_eval_samples=3).eval_samples == 3
+    assert MethodSettings("batchensemble", ensemble_size=4, num_eval_samples=3).eval_samples == 1
+    assert MethodSettings("dropout", num_eval_samples=3).members == 1
+    assert MethodSettings("ensemble", ensemble_size=4).members == 1  # members train one after another
+
+
+def test_a_registered_method_joins_the_names():
+    register_method_builder("test_only_plain", lambda build, settings: [build()], tiled=False)
+    try:
+        assert "test_only_plain" in method_names()
+        (model,) = build_method_models(_plain, MethodSettings("test_only_plain"))
+        assert model.output_shape == (None, 3)
+    finally:
+        from rank1_keras.models import methods
+
+        methods._BUILDERS.pop("test_only_plain")
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"method": "bayes"}, "method must be one of"),
+        ({"prior": "laplace"}, "prior must be one of"),
+        ({"alpha_initializer": "zeros"}, "alpha_initializer must be one of"),
+        ({"random_sign_init": 2.0}, "random_sign_init must be in"),
+        ({"ensemble_size": 0}, "ensemble_size"),
+        ({"training_batch": "interleave"}, "training_batch must be one of"),
+        ({"num_eval_samples": 0}, "num_eval_samples"),
+    ],
+)
+def test_bad_settings_name_the_argument(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        MethodSettings(**arguments)

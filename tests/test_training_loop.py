@@ -1,0 +1,249 @@
+"""The shared training loop: schedules, data order, checkpoints, exact resume."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rank1_keras.models.methods import MethodSettings, build_method_models
+from rank1_keras.models.small_cnn import small_cnn
+from rank1_keras.training import checkpoint as checkpoints
+from rank1_keras.training.loop import TrainData, TrainingSettings, epoch_dataset, train
+from rank1_keras.training.schedules import WarmupPiecewiseDecay
+
+
+def _data(count=256, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(size=(count, 12, 12, 1)).astype("float32")
+    labels = (images[:, :6].mean(axis=(1, 2, 3)) > images[:, 6:].mean(axis=(1, 2, 3))).astype("int32")
+    return images, labels
+
+
+def _train_data(images, labels, preprocess=None):
+    return TrainData(tf.data.Dataset.from_tensor_slices((images, labels)), len(labels), preprocess)
+
+
+def _build(method, seed=3, ensemble_size=2, train_size=256):
+    keras.utils.set_random_seed(seed)
+    settings = MethodSettings(method=method, ensemble_size=ensemble_size, train_size=train_size, dropout_rate=0.2)
+    models = build_method_models(lambda: small_cnn((12, 12, 1), 2), settings)
+    return models[0], settings
+
+
+SETTINGS = TrainingSettings(
+    train_epochs=3,
+    per_replica_batch_size=32,
+    base_learning_rate=0.05,
+    lr_warmup_epochs=0.5,
+    lr_decay_epochs=(2.0,),
+    kl_annealing_epochs=2.0,
+    verbose=0,
+    seed=7,
+)
+
+
+# -- schedule ------------------------------------------------------------------
+
+
+def test_schedule_matches_closed_form():
+    schedule = WarmupPiecewiseDecay(0.4, 10, warmup_epochs=2, decay_epochs=(3, 5), decay_ratio=0.1)
+    for step in range(0, 70, 3):
+        epoch = step / 10
+        expected = 0.4 * epoch / 2 if epoch < 2 else 0.4 * 0.1 ** sum(epoch >= e for e in (3, 5))
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-6), step
+
+
+def test_schedule_round_trips_and_rejects_bad_arguments():
+    schedule = WarmupPiecewiseDecay(0.1, 7, 1.0, (2.0, 4.0), 0.2)
+    clone = WarmupPiecewiseDecay.from_config(schedule.get_config())
+    assert [float(clone(s)) for s in range(40)] == [float(schedule(s)) for s in range(40)]
+    with pytest.raises(ValueError, match="decay_epochs"):
+        WarmupPiecewiseDecay(0.1, 7, 0.0, (4.0, 2.0))
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        WarmupPiecewiseDecay(0.1, 0)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        WarmupPiecewiseDecay(0.1, 5, warmup_epochs=-1)
+
+
+# -- data order ----------------------------------------------------------------
+
+
+def _labels_in_order(data, epoch, seed):
+    return np.concatenate([y.numpy() for _, y in epoch_dataset(data, epoch, 16, seed)])
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    images, _ = _data(64)
+    data = _train_data(images, np.arange(64, dtype="int32"))
+    first = _labels_in_order(data, 1, seed=5)
+    assert sorted(first) == list(range(64))  # a permutation: nothing lost or repeated
+    np.testing.assert_array_equal(first, _labels_in_order(data, 1, seed=5))
+    assert not np.array_equal(first, _labels_in_order(data, 2, seed=5))
+    assert not np.array_equal(first, _labels_in_order(data, 1, seed=6))
+
+
+def test_augmentation_seed_is_per_epoch_and_example():
+    images, _ = _data(32)
+    seen = []
+
+    def preprocess(features, label, seed, training):
+        seen.append(seed)
+        return features + tf.cast(seed[0] * 1000 + seed[1], tf.float32), label
+
+    data = _train_data(images, np.arange(32, dtype="int32"), preprocess)
+    batches = list(epoch_dataset(data, 3, 32, seed=2))
+    (features, labels), = batches
+    offsets = features.numpy()[:, 0, 0, 0] - images[labels.numpy(), 0, 0, 0]
+    expected = (2 * 100_003 + 3) * 1000 + np.arange(32)
+    np.testing.assert_allclose(offsets, expected, rtol=1e-6)
+
+
+# -- checkpoints ---------------------------------------------------------------
+
+
+def _optimizer(model):
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+def test_checkpoint_restores_every_variable_including_random_state(tmp_path):
+    model, _ = _build("rank1")
+    model(np.zeros((4, 12, 12, 1), "float32"), training=True)  # moves the seed generators
+    optimizer = _optimizer(model)
+    for variable in optimizer.variables:
+        variable.assign(np.random.default_rng(0).normal(size=variable.shape).astype(variable.dtype))
+    saved = [v.numpy().copy() for v in model.variables + optimizer.variables]
+    seed_states = [v for v in model.variables if "seed_generator_state" in v.path]
+    assert seed_states, "the rank-1 layers' random state must be among the model's variables"
+    path = checkpoints.save_checkpoint(str(tmp_path), 4, model, optimizer, {"note": "x"})
+    for variable in model.variables + optimizer.variables:
+        variable.assign(np.zeros(variable.shape, variable.dtype))
+    header = checkpoints.restore_checkpoint(path, model, optimizer)
+    assert header["epoch"] == 4 and header["metadata"] == {"note": "x"}
+    for before, variable in zip(saved, model.variables + optimizer.variables):
+        np.testing.assert_array_equal(before, variable.numpy())
+
+
+def test_checkpoint_keeps_newest_and_points_at_latest(tmp_path):
+    model, _ = _build("deterministic")
+    optimizer = _optimizer(model)
+    for epoch in (1, 2, 3):
+        checkpoints.save_checkpoint(str(tmp_path), epoch, model, optimizer, keep=2)
+    files = sorted(f for f in os.listdir(tmp_path) if f.endswith(".npz"))
+    assert files == ["ckpt-00002.npz", "ckpt-00003.npz"]
+    assert checkpoints.latest_checkpoint(str(tmp_path)).endswith("ckpt-00003.npz")
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    model, _ = _build("deterministic")
+    optimizer = _optimizer(model)
+    path = checkpoints.save_checkpoint(str(tmp_path), 1, model, optimizer)
+    with open(path, "r+b") as stream:
+        stream.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(checkpoints.CheckpointError, match="corrupt or unreadable"):
+        checkpoints.restore_checkpoint(path, model, optimizer)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    model, _ = _build("deterministic")
+    path = checkpoints.save_checkpoint(str(tmp_path), 1, model, _optimizer(model))
+    other, _ = _build("batchensemble")
+    with pytest.raises(checkpoints.CheckpointError, match="different model"):
+        checkpoints.restore_checkpoint(path, other, _optimizer(other))
+
+
+# -- training ------------------------------------------------------------------
+
+
+def test_kl_weight_follows_the_schedule_and_loss_is_finite(tmp_path):
+    model, method = _build("rank1")
+    record = train(model, _train_data(*_data()), SETTINGS, members=method.members, checkpoint_dir=str(tmp_path))
+    steps = 256 // 32
+    assert record.logs["kl_weight"] == pytest.approx(min(1.0, (2 * steps + steps) / steps / 2.0))
+    weights = {float(layer.kl_weight.numpy()) for layer in model._flatten_layers() if getattr(layer, "kl_weight", None) is not None}
+    assert weights == {1.0}
+    assert np.isfinite(record.logs["nll"]) and record.logs["regularization"] > 0
+    assert record.logs["replica_batch_size"] == 32
+
+
+def _final_weights(model):
+    return [v.numpy().copy() for v in model.variables]
+
+
+@pytest.mark.parametrize("method", ["rank1", "dropout"])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, method):
+    """A crash in the middle of epoch 2, then a fresh process-like restart, ends where an uninterrupted run ends."""
+    images, labels = _data()
+    uninterrupted, settings = _build(method)
+    train(uninterrupted, _train_data(images, labels), SETTINGS, members=settings.members,
+          checkpoint_dir=str(tmp_path / "straight"))
+
+    crash_seed = SETTINGS.seed * 100_003 + 1  # epoch index 1 = the second epoch
+
+    def crash_in_epoch_two(features, label, seed, training):
+        check = tf.debugging.Assert(
+            tf.logical_not(tf.logical_and(tf.equal(seed[0], crash_seed), seed[1] >= 100)), ["simulated kill"]
+        )
+        with tf.control_dependencies([check]):
+            return tf.identity(features), label
+
+    interrupted, _ = _build(method)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="simulated kill"):
+        train(interrupted, _train_data(images, labels, crash_in_epoch_two), SETTINGS, members=settings.members,
+              checkpoint_dir=str(tmp_path / "resumed"))
+    assert checkpoints.latest_checkpoint(str(tmp_path / "resumed")).endswith("ckpt-00001.npz")
+
+    def identity(features, label, seed, training):
+        return features, label
+
+    restarted, _ = _build(method, seed=99)  # a different initialisation: the checkpoint must overwrite it all
+    # A restarted binary seeds TensorFlow from --seed before anything else;
+    # tf.data's shuffle combines that global seed with the (seed, epoch) one.
+    keras.utils.set_random_seed(3)
+    record = train(restarted, _train_data(images, labels, identity), SETTINGS, members=settings.members,
+                   checkpoint_dir=str(tmp_path / "resumed"))
+    assert record.resumed_from_epoch == 1 and record.epochs_run == 2
+    for expected, actual in zip(_final_weights(uninterrupted), _final_weights(restarted)):
+        np.testing.assert_array_equal(expected, actual)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    model, settings = _build("deterministic")
+    data = _train_data(*_data())
+    short = TrainingSettings(**{**SETTINGS.__dict__, "train_epochs": 1})
+    train(model, data, short, checkpoint_dir=str(tmp_path))
+    other = TrainingSettings(**{**SETTINGS.__dict__, "train_epochs": 1, "seed": 8})
+    before = open(checkpoints.latest_checkpoint(str(tmp_path)), "rb").read()
+    with pytest.raises(checkpoints.CheckpointError, match="fresh --output_dir"):
+        train(model, data, other, checkpoint_dir=str(tmp_path))
+    assert open(checkpoints.latest_checkpoint(str(tmp_path)), "rb").read() == before
+
+
+def test_batch_larger_than_the_data_is_a_clear_error():
+    model, _ = _build("deterministic")
+    settings = TrainingSettings(**{**SETTINGS.__dict__, "per_replica_batch_size": 512})
+    with pytest.raises(ValueError, match="per_core_batch_size=512"):
+        train(model, _train_data(*_data()), settings)
+
+
+def test_diverging_loss_stops_without_a_checkpoint(tmp_path):
+    model, _ = _build("deterministic")
+    images, labels = _data()
+    images[5] = np.inf
+    settings = TrainingSettings(**{**SETTINGS.__dict__, "train_epochs": 1})
+    with pytest.raises(FloatingPointError, match="base_learning_rate"):
+        train(model, _train_data(images, labels), settings, checkpoint_dir=str(tmp_path))
+    assert checkpoints.latest_checkpoint(str(tmp_path)) is None
+
+
+def test_split_training_needs_a_divisible_batch():
+    settings = MethodSettings(method="batchensemble", ensemble_size=3, training_batch="split")
+    with pytest.raises(ValueError, match="per_core_batch_size=64 must be divisible by ensemble_size=3"):
+        settings.check_batch_size(64)
+    settings.check_batch_size(63)
+    assert settings.members == 1
+    assert MethodSettings(method="batchensemble", ensemble_size=3).members == 3
