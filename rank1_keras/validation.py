@@ -109,3 +109,12 @@ def check_optional_name(value, name="name"):
     if value is not None and (not isinstance(value, str) or not value):
         raise ValueError(f"{name} must be a non-empty string or None; got {name}={value!r}.")
     return value
+
+
+def check_corruption(corruption, severity, corruptions, severities):
+    """A corruption name from `corruptions` and an integer severity from `severities`."""
+    if not isinstance(corruption, str) or corruption not in corruptions:
+        raise ValueError(f"corruption must be one of {list(corruptions)}; got corruption={corruption!r}.")
+    if isinstance(severity, bool) or not isinstance(severity, numbers.Integral) or int(severity) not in severities:
+        raise ValueError(f"severity must be one of {list(severities)}; got severity={severity!r}.")
+    return corruption, int(severity)

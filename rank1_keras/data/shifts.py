@@ -44,6 +44,8 @@ import numbers
 
 import numpy as np
 
+from rank1_keras import validation
+
 SHIFT_CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast")
 """Corruptions implemented by ``corrupt_images``."""
 
@@ -79,17 +81,7 @@ def corrupt_images(images, corruption, severity, seed=0):
     Raises:
         ValueError: Naming the bad argument and the allowed values.
     """
-    if not isinstance(corruption, str) or corruption not in SHIFT_CORRUPTIONS:
-        raise ValueError(
-            f"corruption must be one of {list(SHIFT_CORRUPTIONS)}; "
-            f"got corruption={corruption!r}."
-        )
-    if (isinstance(severity, bool) or not isinstance(severity, numbers.Integral)
-            or int(severity) not in SHIFT_SEVERITIES):
-        raise ValueError(
-            f"severity must be one of {list(SHIFT_SEVERITIES)}; "
-            f"got severity={severity!r}."
-        )
+    validation.check_corruption(corruption, severity, SHIFT_CORRUPTIONS, SHIFT_SEVERITIES)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got seed={seed!r}.")
     x = np.asarray(images)

@@ -51,11 +51,11 @@ Example (synthetic data; no tfds files needed):
 10
 """
 
-import numbers
 import os
 
 import tensorflow as tf
 
+from rank1_keras import validation
 from rank1_keras.data.fashion_mnist import DataNotFoundError
 
 TFDS_IMAGE_DATASETS = ("cifar10", "cifar100", "imagenet2012")
@@ -135,17 +135,7 @@ def cifar10_corrupted_name(corruption, severity):
     >>> cifar10_corrupted_name("gaussian_noise", 3)
     'cifar10_corrupted/gaussian_noise_3'
     """
-    if not isinstance(corruption, str) or corruption not in CIFAR10_CORRUPTIONS:
-        raise ValueError(
-            f"corruption must be one of {list(CIFAR10_CORRUPTIONS)}; "
-            f"got corruption={corruption!r}."
-        )
-    if (isinstance(severity, bool) or not isinstance(severity, numbers.Integral)
-            or int(severity) not in CORRUPTION_SEVERITIES):
-        raise ValueError(
-            f"severity must be one of {list(CORRUPTION_SEVERITIES)}; "
-            f"got severity={severity!r}."
-        )
+    validation.check_corruption(corruption, severity, CIFAR10_CORRUPTIONS, CORRUPTION_SEVERITIES)
     return f"{CIFAR10_CORRUPTED}/{corruption}_{int(severity)}"
 
 
