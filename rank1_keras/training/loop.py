@@ -242,7 +242,8 @@ def train(
     def train_step(features, labels):
         def replica_step(features, labels):
             with tf.GradientTape() as tape:
-                predictions = model(features, training=True)
+                # float32 losses and metrics also under a mixed bfloat16 policy.
+                predictions = tf.cast(model(features, training=True), tf.float32)
                 nll = tf.reduce_sum(loss_object.call(labels, predictions)) / global_batch
                 extra = tf.add_n([tf.cast(loss, nll.dtype) for loss in model.losses]) if model.losses else tf.zeros((), nll.dtype)
                 loss = nll + extra / replicas
@@ -250,7 +251,7 @@ def train(
             gradients = [g if scale == 1.0 else g * scale for g, scale in zip(gradients, gradient_scales)]
             optimizer.apply_gradients(zip(gradients, model.trainable_variables))
             batch = tf.shape(labels)[0]
-            member_probabilities = tf.reshape(tf.cast(predictions, tf.float32), [-1, batch, predictions.shape[-1]])
+            member_probabilities = tf.reshape(predictions, [-1, batch, predictions.shape[-1]])
             predicted = tf.argmax(tf.reduce_mean(member_probabilities, axis=0), axis=-1, output_type=tf.int32)
             correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(tf.reshape(labels, [-1]), tf.int32)), tf.float32))
             return nll, extra / replicas, correct, tf.cast(batch, tf.float32)
