@@ -79,6 +79,9 @@ def test_members_and_samples_per_method():
     assert MethodSettings("batchensemble", ensemble_size=4, num_eval_samples=3).eval_samples == 1
     assert MethodSettings("dropout", num_eval_samples=3).members == 1
     assert MethodSettings("ensemble", ensemble_size=4).members == 1  # members train one after another
+    assert [MethodSettings(m, ensemble_size=4).ensemble_members for m in ("deterministic", "dropout", "ensemble",
+            "batchensemble", "rank1")] == [1, 1, 4, 4, 4]
+    assert MethodSettings("rank1", ensemble_size=4, training_batch="split").ensemble_members == 4
 
 
 def test_a_registered_method_joins_the_names():

@@ -112,6 +112,11 @@ class MethodSettings:
             )
 
     @property
+    def ensemble_members(self):
+        """K for the ensemble methods (tiled or separate models), 1 otherwise."""
+        return self.ensemble_size if self.method in _TILED_METHODS | _SEPARATE_MODEL_METHODS else 1
+
+    @property
     def eval_samples(self):
         """Forward passes at evaluation (1 for the deterministic methods)."""
         return self.num_eval_samples if self.method in _STOCHASTIC_METHODS else 1
@@ -119,6 +124,7 @@ class MethodSettings:
 
 _TILED_METHODS = {"batchensemble", "rank1"}
 _STOCHASTIC_METHODS = {"dropout", "rank1"}
+_SEPARATE_MODEL_METHODS = {"ensemble"}
 
 
 def _mean_initializer(random_sign_init):

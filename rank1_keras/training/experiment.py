@@ -96,7 +96,7 @@ def run_experiment(
         dataset=task.name,
         architecture=task.architecture,
         method=method_settings.method,
-        ensemble_size=method_settings.ensemble_size if method_settings.method in ("ensemble", "batchensemble", "rank1") else 1,
+        ensemble_size=method_settings.ensemble_members,
         eval_samples=method_settings.eval_samples,
         parameters=_trainable_count(models),
         train_seconds=train_seconds,
