@@ -28,6 +28,7 @@ def main(argv):
     from rank1_keras.training import evaluation
     from rank1_keras.training.checkpoint import write_atomically
     from rank1_keras.training.experiment import run_experiment
+    from rank1_keras.training.tasks import load_task
 
     for method in FLAGS.methods:
         if method not in common.METHOD_CHOICES:
@@ -35,15 +36,17 @@ def main(argv):
     strategy = common.make_strategy_from_flags()
     method_settings, training, task = common.settings_from_flags(strategy.num_replicas_in_sync)
     global_batch = FLAGS.per_core_batch_size * strategy.num_replicas_in_sync
-    results = []
+    results, tasks = [], {}  # one load (data, OOD and shifted sets) per distinct task options
     for method in FLAGS.methods:
         print(f"== {method} ==", flush=True)
         settings = dataclasses.replace(method_settings, method=method)
         method_task = dataclasses.replace(task, dropout_rate=FLAGS.dropout_rate if method == "dropout" else 0.0)
+        if method_task not in tasks:
+            tasks[method_task] = load_task(FLAGS.dataset, method_task)
         results.append(
             run_experiment(
                 FLAGS.dataset, settings, training, method_task, os.path.join(FLAGS.output_dir, method), strategy,
-                evaluation_batch_size=FLAGS.eval_batch_size,
+                evaluation_batch_size=FLAGS.eval_batch_size, task=tasks[method_task],
             )
         )
     table = evaluation.markdown_table(results)

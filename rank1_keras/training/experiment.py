@@ -18,16 +18,13 @@ import time
 
 import keras
 
+from rank1_keras.convert import _trainable_count
 from rank1_keras.models.methods import MethodSettings, build_method_models, inference_model
 from rank1_keras.training import evaluation
 from rank1_keras.training.checkpoint import write_atomically
 from rank1_keras.training.loop import TrainingSettings, checkpoint_directory, train
 from rank1_keras.training.strategy import is_chief, make_strategy
 from rank1_keras.training.tasks import TaskOptions, load_task
-
-
-def _trainable_count(models):
-    return int(sum(sum(int(v.numpy().size) for v in model.trainable_variables) for model in models))
 
 
 def run_experiment(
@@ -39,6 +36,7 @@ def run_experiment(
     strategy=None,
     evaluation_batch_size=256,
     write_files=True,
+    task=None,
 ):
     """Trains and evaluates one method on one task; returns the result dict.
 
@@ -52,10 +50,12 @@ def run_experiment(
         strategy: a `tf.distribute.Strategy` (None: the default one).
         evaluation_batch_size: examples per evaluation batch.
         write_files: write results.json / results.md (the chief only).
+        task: the already loaded `load_task(dataset, task_options)`, to share
+            one load between runs (None: load it here).
     """
     strategy = strategy or make_strategy("default")
     chief = is_chief(strategy)
-    task = load_task(dataset, task_options)
+    task = task or load_task(dataset, task_options)
     method_settings = dataclasses.replace(method_settings, train_size=task.train.num_examples)
     seed = training_settings.seed
     keras.utils.set_random_seed(seed)
@@ -98,7 +98,7 @@ def run_experiment(
         method=method_settings.method,
         ensemble_size=method_settings.ensemble_members,
         eval_samples=method_settings.eval_samples,
-        parameters=_trainable_count(models),
+        parameters=sum(_trainable_count(model) for model in models),
         train_seconds=train_seconds,
         eval_seconds=time.perf_counter() - start,
         train_examples=task.train.num_examples,
