@@ -34,6 +34,14 @@ from rank1_keras.layers import (
     LSTMCellRank1,
 )
 from rank1_keras.layers.dropout import MCDropout
+from rank1_keras.layers.latent_posterior import (
+    Conv1DLatentPosterior,
+    Conv2DLatentPosterior,
+    DenseLatentPosterior,
+    LatentPosteriorMixin,
+    LSTMCellLatentPosterior,
+)
+from rank1_keras.layers.low_rank import Conv1DLowRankEnsemble, Conv2DLowRankEnsemble, DenseLowRankEnsemble
 from rank1_keras.layers.normalization import EnsembleBatchNormalization
 
 BATCH_NORM_MODES = ("per_member", "shared")
@@ -119,6 +127,34 @@ def _convert_dense_or_conv(layer_class):
     return convert_layer
 
 
+# Bella's layers keep W0 and b frozen: regularizers and constraints on them
+# would be constants, and the new layer trains (its perturbation) whatever
+# the original's `trainable` was.
+_LOW_RANK_DROPPED = {"kernel_regularizer", "bias_regularizer", "kernel_constraint", "bias_constraint", "trainable"}
+_LOW_RANK_OPTIONS = ("rank", "seed")
+
+
+def _convert_low_rank(layer_class):
+    def convert_layer(layer, ensemble_size, options):
+        config = _check_plain(layer)
+        names = _DENSE_ARGUMENTS if isinstance(layer, keras.layers.Dense) else _CONV_ARGUMENTS
+        arguments = _base_arguments(config, [name for name in names if name not in _LOW_RANK_DROPPED])
+        # `_STRUCTURAL` lists `rank` (the rank-1 convolutions' spatial rank) and
+        # `seed` (the LSTM cell's dropout seed), so `_options_for` drops them;
+        # here they are the perturbation's rank and the seed of its draws.
+        arguments.update({name: options[name] for name in _LOW_RANK_OPTIONS if name in options})
+        new_layer = layer_class(ensemble_size=ensemble_size, **arguments, **_options_for(layer_class, options))
+
+        def copy_weights():
+            new_layer.kernel.assign(layer.kernel)
+            if layer.use_bias:
+                new_layer.bias.assign(layer.bias)
+
+        return new_layer, copy_weights
+
+    return convert_layer
+
+
 def _convert_lstm(cell_class):
     def convert_layer(layer, ensemble_size, options):
         config = layer.get_config()
@@ -178,6 +214,14 @@ class Method:
         default_training_batch: "tile" or "split".
         converts_batch_norm: whether `batch_norm="per_member"` applies.
         inserts_dropout: whether `dropout_rate` may insert MCDropout layers.
+        freezes_unconverted: whether every layer that is not converted is
+            frozen (trainable=False; BatchNormalization then runs in inference
+            mode), as Bella trains only its perturbations.
+        passes_options: option names accepted although `_STRUCTURAL` lists
+            them, because the method's conversions pass them on (Bella's `rank`, `seed`).
+        finalize: None, or `finalize(converted_layers, options)`, called once
+            the clone is built and its weights copied, with the layers the
+            conversions created (an LSTM as its new `keras.layers.RNN`).
     """
 
     layer_conversions: dict
@@ -185,6 +229,9 @@ class Method:
     default_training_batch: str = "tile"
     converts_batch_norm: bool = True
     inserts_dropout: bool = False
+    freezes_unconverted: bool = False
+    passes_options: tuple = ()
+    finalize: object = None
 
 
 _METHODS = {}
@@ -219,6 +266,31 @@ register_method(
         layer_classes=(DenseRank1, Conv1DRank1, Conv2DRank1, LSTMCellRank1),
     ),
 )
+
+
+def _average_latent_loss_over_layers(converted_layers, options):
+    """LP-BNN's loss is w times the *mean* over layers of the VAE terms: each
+    LP-BNN layer's `latent_loss_weight` (w) is divided by their number (an
+    LSTM cell counts as one layer; its term is the mean of its two VAEs)."""
+    latent_layers = [getattr(layer, "cell", layer) for layer in converted_layers]
+    latent_layers = [layer for layer in latent_layers if isinstance(layer, LatentPosteriorMixin)]
+    for layer in latent_layers:
+        layer.latent_loss_weight = layer.latent_loss_weight / len(latent_layers)
+
+
+register_method(
+    "lpbnn",
+    Method(
+        {
+            keras.layers.Dense: _convert_dense_or_conv(DenseLatentPosterior),
+            keras.layers.Conv1D: _convert_dense_or_conv(Conv1DLatentPosterior),
+            keras.layers.Conv2D: _convert_dense_or_conv(Conv2DLatentPosterior),
+            keras.layers.LSTM: _convert_lstm(LSTMCellLatentPosterior),
+        },
+        layer_classes=(DenseLatentPosterior, Conv1DLatentPosterior, Conv2DLatentPosterior, LSTMCellLatentPosterior),
+        finalize=_average_latent_loss_over_layers,
+    ),
+)
 register_method(
     "dropout",
     Method(
@@ -226,6 +298,22 @@ register_method(
         default_training_batch="split",
         converts_batch_norm=False,
         inserts_dropout=True,
+    ),
+)
+
+
+register_method(
+    "bella",
+    Method(
+        {
+            keras.layers.Dense: _convert_low_rank(DenseLowRankEnsemble),
+            keras.layers.Conv1D: _convert_low_rank(Conv1DLowRankEnsemble),
+            keras.layers.Conv2D: _convert_low_rank(Conv2DLowRankEnsemble),
+        },
+        layer_classes=(DenseLowRankEnsemble, Conv1DLowRankEnsemble, Conv2DLowRankEnsemble),
+        converts_batch_norm=False,
+        freezes_unconverted=True,
+        passes_options=_LOW_RANK_OPTIONS,
     ),
 )
 
@@ -306,7 +394,11 @@ def convert(
     Args:
         model: a built Sequential or functional `keras.Model` (keras.applications
             networks included); subclassed models are rejected.
-        method: "batchensemble", "rank1" or "dropout" (see `methods()`).
+        method: "batchensemble", "rank1", "dropout" or "bella" (see `methods()`;
+            for Bella, `rank1_keras.bella.to_bella` documents the options).
+            "lpbnn" also takes `latent_dim`, `latent_loss_weight` (w, divided
+            by the number of converted LP-BNN layers so the model's VAE loss
+            is w times the layer average, as the paper) and `inference`.
         ensemble_size: K, the number of members (mixture components). For
             "dropout" it is the number of MC samples averaged at inference.
         layers: which layers convert: None (every convertible layer), or a list
@@ -360,6 +452,7 @@ def convert(
             raise ValueError(f"dropout_rate applies to method='dropout' only; got method={method!r}.")
         validation.check_probability(dropout_rate, "dropout_rate")
     known = set().union(*(_constructor_arguments(c) for c in spec.layer_classes)) if spec.layer_classes else set()
+    known |= set(spec.passes_options)
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(
@@ -368,6 +461,7 @@ def convert(
 
     chosen = _selected(model, layers)
     copies = []  # weight-copy functions, run once the clone is built
+    converted_layers = []  # the layers the conversions created, for spec.finalize
 
     def clone_layer(layer):
         conversion = _conversion_for(layer, spec) if id(layer) in chosen else None
@@ -382,6 +476,7 @@ def convert(
         if conversion is not None:
             new_layer, copy = conversion(layer, ensemble_size, options)
             copies.append(copy)
+            converted_layers.append(new_layer)
             return new_layer
         if isinstance(layer, keras.Model):
             raise ValueError(
@@ -389,6 +484,8 @@ def convert(
                 "directly) before converting."
             )
         new_layer = layer.__class__.from_config(layer.get_config())
+        if spec.freezes_unconverted:
+            new_layer.trainable = False
         if getattr(layer, "weights", None):  # graph operations (e.g. a mask's NotEqual) have none
             copies.append(lambda: new_layer.set_weights(layer.get_weights()))
         return new_layer
@@ -413,6 +510,8 @@ def convert(
     )
     for copy in copies:
         copy()
+    if spec.finalize is not None:
+        spec.finalize(converted_layers, options)
 
     inputs = _fresh_inputs(functional)
     tiled = [TileEnsemble(ensemble_size, training_batch, name=f"tile_{i}")(x) for i, x in enumerate(inputs)]

@@ -12,6 +12,12 @@ def check_positive_int(value, name):
     return int(value)
 
 
+def check_non_negative_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer; got {name}={value!r}.")
+    return int(value)
+
+
 def check_finite(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number; got {name}={value!r}.")

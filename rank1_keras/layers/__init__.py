@@ -7,7 +7,21 @@ from rank1_keras.layers.convolutional import (
     Conv2DRank1,
 )
 from rank1_keras.layers.dense import DenseBatchEnsemble, DenseRank1
+from rank1_keras.layers.latent_posterior import (
+    Conv1DLatentPosterior,
+    Conv2DLatentPosterior,
+    DenseLatentPosterior,
+    LatentPosterior,
+    LatentPosteriorMixin,
+    LSTMCellLatentPosterior,
+)
 from rank1_keras.layers.rank1_mechanics import MemberFactor, Rank1Mixin
+from rank1_keras.layers.low_rank import (
+    Conv1DLowRankEnsemble,
+    Conv2DLowRankEnsemble,
+    DenseLowRankEnsemble,
+    LowRankEnsembleMixin,
+)
 from rank1_keras.layers.recurrent import LSTMCellBatchEnsemble, LSTMCellRank1
 
 __all__ = [
@@ -21,4 +35,14 @@ __all__ = [
     "LSTMCellRank1",
     "MemberFactor",
     "Rank1Mixin",
+    "Conv1DLatentPosterior",
+    "Conv2DLatentPosterior",
+    "DenseLatentPosterior",
+    "LatentPosterior",
+    "LatentPosteriorMixin",
+    "LSTMCellLatentPosterior",
+    "Conv1DLowRankEnsemble",
+    "Conv2DLowRankEnsemble",
+    "DenseLowRankEnsemble",
+    "LowRankEnsembleMixin",
 ]

@@ -125,6 +125,13 @@ def _assign(prefix, variables, described, arrays, path):
         variable.assign(arrays[f"{prefix}/{index}"])
 
 
+def restore_model_weights(path, model):
+    """Restores only `model`'s variables (e.g. to export a trained model); returns the header."""
+    header, arrays = _load(path)
+    _assign("model", model.variables, header["model"], arrays, path)
+    return header
+
+
 def restore_checkpoint(path, model, optimizer):
     """Restores `model` and `optimizer` (the optimizer must be built) and returns the header."""
     header, arrays = _load(path)

@@ -4,6 +4,7 @@
 
     <output_dir>/checkpoints/[member_<k>/]ckpt-<epoch>.npz   every epoch, resumable
     <output_dir>/tensorboard/[member_<k>/]                   TensorBoard scalars
+    <output_dir>/run_settings.json                           what rebuilds the model (baselines/export.py)
     <output_dir>/results.json, results.md                    written once, at the end, atomically
     <output_dir>/reliability.png                             reliability diagram (matplotlib)
 
@@ -58,6 +59,19 @@ def run_experiment(
     task = task or load_task(dataset, task_options)
     method_settings = dataclasses.replace(method_settings, train_size=task.train.num_examples)
     seed = training_settings.seed
+    run_settings = {
+        "dataset": task.name,
+        "method": dataclasses.asdict(method_settings),
+        "task": dataclasses.asdict(task_options),
+        "model_spec": task.model_spec,
+        "serving_input": task.serving_input.get_config(),
+        "seed": seed,
+    }
+    settings_path = os.path.join(output_dir, RUN_SETTINGS)
+    if write_files and chief and not os.path.exists(settings_path):
+        # Written first, so an interrupted run can be exported too; a run with
+        # other settings in the same directory rewrites it only once it succeeds.
+        write_json(settings_path, run_settings)
     keras.utils.set_random_seed(seed)
     with strategy.scope():
         models = build_method_models(task.build_plain, method_settings)
@@ -114,16 +128,21 @@ def run_experiment(
         notes=task.notes,
     )
     if write_files and chief:
+        write_json(settings_path, run_settings)
         write_results(result, output_dir)
     return result
 
 
+RUN_SETTINGS = "run_settings.json"
+
+
+def write_json(path, value):
+    write_atomically(path, lambda stream: stream.write(json.dumps(value, indent=2, default=float).encode("utf-8")))
+
+
 def write_results(result, output_dir):
     """results.json and a one-row results.md, each replaced atomically."""
-    write_atomically(
-        os.path.join(output_dir, "results.json"),
-        lambda stream: stream.write(json.dumps(result, indent=2, default=float).encode("utf-8")),
-    )
+    write_json(os.path.join(output_dir, "results.json"), result)
     table = evaluation.markdown_table([result]) + "\n"
     write_atomically(os.path.join(output_dir, "results.md"), lambda stream: stream.write(table.encode("utf-8")))
 

@@ -158,9 +158,37 @@ def _make_optimizer(settings, steps_per_epoch):
     return keras.optimizers.SGD(schedule, momentum=settings.momentum, nesterov=True)
 
 
-def _fingerprint(settings, members, likelihood, replicas, global_batch):
+def member_stream_dataset(data, epoch, global_batch_size, seed, member_streams, shuffle_buffer=None):
+    """Batches for members that each follow their own data order (Bella's plain ensemble).
+
+    Element: features (G, M, ...) and labels (G, M), where column m comes from
+    stream m, a full epoch shuffled with seed `seed + 1000 m` (as deep-ensemble
+    members). A distribution strategy splits G; `_member_rows` turns each
+    replica's part into M blocks in block order, for a model converted with
+    `training_batch="split"` (member m trains on block m).
+    """
+    streams = [
+        epoch_dataset(data, epoch, global_batch_size, seed + 1000 * member, True, shuffle_buffer)
+        for member in range(member_streams)
+    ]
+
+    def stack(*batches):
+        return tuple(tf.stack([batch[part] for batch in batches], axis=1) for part in (0, 1))
+
+    return tf.data.Dataset.zip(tuple(streams)).map(stack)
+
+
+def _member_rows(tensor):
+    """(b, M, ...) -> (M*b, ...), member-major (block order)."""
+    rank = tensor.shape.rank
+    moved = tf.transpose(tensor, [1, 0, *range(2, rank)])
+    return tf.reshape(moved, tf.concat([[-1], tf.shape(tensor)[2:]], axis=0))
+
+
+def _fingerprint(settings, members, likelihood, replicas, global_batch, member_streams=1):
     # What must not change between an interrupted run and its resumption.
     return {
+        "member_streams": member_streams,
         "seed": settings.seed,
         "members": members,
         "likelihood": likelihood,
@@ -181,6 +209,8 @@ def train(
     checkpoint_dir=None,
     log_dir=None,
     chief=True,
+    member_streams=1,
+    gradient_transform=None,
 ):
     """Trains `model` (built under `strategy.scope()`) and checkpoints every epoch.
 
@@ -196,6 +226,11 @@ def train(
             resumes from it (None: no checkpoints).
         log_dir: TensorBoard directory (None: no summaries).
         chief: whether this worker writes checkpoints and summaries.
+        member_streams: M > 1 feeds M blocks per step, block m from member m's
+            own data order (`member_stream_dataset`), to a model converted with
+            `training_batch="split"` (`members` must then be 1).
+        gradient_transform: optional `(variables, gradients) -> gradients`
+            applied per replica before the optimizer (SVGD for Bella).
 
     Returns:
         A `TrainingRecord`.
@@ -222,7 +257,12 @@ def train(
         optimizer = _make_optimizer(settings, steps)
         optimizer.build(model.trainable_variables)
 
-    fingerprint = _fingerprint(settings, members, likelihood, replicas, global_batch)
+    if member_streams > 1 and members != 1:
+        raise ValueError(
+            f"member_streams={member_streams} feeds each member its own examples; the model must return one row "
+            f"per example (members=1, training_batch='split'), got members={members}."
+        )
+    fingerprint = _fingerprint(settings, members, likelihood, replicas, global_batch, member_streams)
     start_epoch, elapsed = 0, 0.0
     latest = checkpoints.latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
     if latest:
@@ -241,6 +281,8 @@ def train(
     @tf.function
     def train_step(features, labels):
         def replica_step(features, labels):
+            if member_streams > 1:
+                features, labels = _member_rows(features), _member_rows(labels)
             with tf.GradientTape() as tape:
                 # float32 losses and metrics also under a mixed bfloat16 policy.
                 predictions = tf.cast(model(features, training=True), tf.float32)
@@ -249,12 +291,16 @@ def train(
                 loss = nll + extra / replicas
             gradients = tape.gradient(loss, model.trainable_variables)
             gradients = [g if scale == 1.0 else g * scale for g, scale in zip(gradients, gradient_scales)]
+            if gradient_transform is not None:
+                gradients = gradient_transform(model.trainable_variables, gradients)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables))
             batch = tf.shape(labels)[0]
             member_probabilities = tf.reshape(predictions, [-1, batch, predictions.shape[-1]])
             predicted = tf.argmax(tf.reduce_mean(member_probabilities, axis=0), axis=-1, output_type=tf.int32)
             correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(tf.reshape(labels, [-1]), tf.int32)), tf.float32))
-            return nll, extra / replicas, correct, tf.cast(batch, tf.float32)
+            # Accuracy per example row: with member streams a step has M rows per batch example.
+            correct = correct / member_streams
+            return nll, extra / replicas, correct, tf.cast(batch // member_streams, tf.float32)
 
         nll, extra, correct, replica_batch = strategy.run(replica_step, args=(features, labels))
         total = [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in (nll, extra, correct)]
@@ -265,7 +311,11 @@ def train(
     logs = {}
     for epoch in range(start_epoch, settings.train_epochs):
         epoch_start = time.perf_counter()
-        dataset = epoch_dataset(data, epoch, global_batch, settings.seed, True, settings.shuffle_buffer).take(steps)
+        if member_streams > 1:
+            dataset = member_stream_dataset(data, epoch, global_batch, settings.seed, member_streams, settings.shuffle_buffer)
+        else:
+            dataset = epoch_dataset(data, epoch, global_batch, settings.seed, True, settings.shuffle_buffer)
+        dataset = dataset.take(steps)
         iterator = iter(strategy.experimental_distribute_dataset(dataset))
         progress = keras.utils.Progbar(steps, verbose=settings.verbose if chief else 0, unit_name="step")
         if settings.verbose and chief:

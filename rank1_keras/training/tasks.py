@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from rank1_keras import validation
+from rank1_keras.export import ServingInput
 from rank1_keras.training.evaluation import EvaluationSets
 from rank1_keras.training.loop import TrainData
 
@@ -81,8 +82,13 @@ class Task:
     train: TrainData
     evaluation: EvaluationSets
     build_plain: object  # () -> a fresh plain keras.Model
-    architecture: str
+    model_spec: dict  # rebuilds build_plain without the data: `plain_builder(model_spec, options)`
+    serving_input: object  # rank1_keras.export.ServingInput: raw examples -> this task's model input
     notes: str = ""
+
+    @property
+    def architecture(self):
+        return self.model_spec["architecture"]
 
 
 def _arrays(features, labels):
@@ -103,18 +109,26 @@ def _hold_out(features, labels, percent):
     return (features[:-held], labels[:-held]), (features[-held:], labels[-held:])
 
 
-def _image_builder(options, input_shape, num_classes, default="small_cnn", padding="valid"):
+def plain_builder(model_spec, options):
+    """() -> a fresh plain model for a task's `model_spec` and the `TaskOptions`.
+
+    `model_spec` is the JSON-able dict a task records (architecture,
+    input_shape, num_classes, padding), so an export can rebuild the model
+    of a finished run without loading its data.
+    """
+    from rank1_keras.models.lstm_classifier import lstm_classifier
     from rank1_keras.models.resnet50 import resnet50
     from rank1_keras.models.small_cnn import small_cnn
     from rank1_keras.models.wide_resnet import wide_resnet
 
-    architecture = options.architecture or default
+    architecture = model_spec["architecture"]
+    input_shape, num_classes = tuple(model_spec["input_shape"]), int(model_spec["num_classes"])
     if architecture == "small_cnn":
-        builder = lambda: small_cnn(  # noqa: E731
-            input_shape, num_classes, l2=options.l2, dropout_rate=options.dropout_rate, padding=padding
+        return lambda: small_cnn(
+            input_shape, num_classes, l2=options.l2, dropout_rate=options.dropout_rate, padding=model_spec["padding"]
         )
-    elif architecture == "wide_resnet":
-        builder = lambda: wide_resnet(  # noqa: E731
+    if architecture == "wide_resnet":
+        return lambda: wide_resnet(
             options.depth or 28,
             int(options.width_multiplier or 10),
             num_classes,
@@ -122,26 +136,28 @@ def _image_builder(options, input_shape, num_classes, default="small_cnn", paddi
             l2=options.l2,
             dropout_rate=options.dropout_rate,
         )
-    elif architecture == "resnet50":
-        builder = lambda: resnet50(  # noqa: E731
-            num_classes, input_shape, width_multiplier=options.width_multiplier or 1.0, l2=options.l2
-        )
-    else:
+    if architecture == "resnet50":
+        return lambda: resnet50(num_classes, input_shape, width_multiplier=options.width_multiplier or 1.0, l2=options.l2)
+    validation.check_choice(architecture, "architecture", ARCHITECTURES)
+    return lambda: lstm_classifier(
+        input_shape[-1], num_classes, units=options.lstm_units, dropout_rate=options.dropout_rate, l2=options.l2
+    )
+
+
+def _image_builder(options, input_shape, num_classes, default="small_cnn", padding="valid"):
+    architecture = options.architecture or default
+    if architecture not in ("small_cnn", "wide_resnet", "resnet50"):
         raise ValueError(f"architecture={architecture!r} does not take images; use small_cnn, wide_resnet or resnet50.")
-    return builder, architecture
+    spec = {"architecture": architecture, "input_shape": list(input_shape), "num_classes": int(num_classes),
+            "padding": padding}
+    return plain_builder(spec, options), spec
 
 
-def _sequence_builder(options, num_features, num_classes):
-    from rank1_keras.models.lstm_classifier import lstm_classifier
-
+def _sequence_builder(options, input_shape, num_classes):
     if (options.architecture or "lstm") != "lstm":
         raise ValueError(f"architecture={options.architecture!r} does not take sequences; use lstm.")
-    return (
-        lambda: lstm_classifier(
-            num_features, num_classes, units=options.lstm_units, dropout_rate=options.dropout_rate, l2=options.l2
-        ),
-        "lstm",
-    )
+    spec = {"architecture": "lstm", "input_shape": list(input_shape), "num_classes": int(num_classes), "padding": None}
+    return plain_builder(spec, options), spec
 
 
 def _shifted_sets(options, images, labels, seed=0):
@@ -158,12 +174,12 @@ def _shifted_sets(options, images, labels, seed=0):
     }
 
 
-def _image_task(name, options, train, test, ood, default_architecture="small_cnn", padding="valid", notes=""):
+def _image_task(name, options, train, test, ood, serving_input, default_architecture="small_cnn", padding="valid", notes=""):
     train, test = _first(train, options.train_examples), _first(test, options.test_examples)
     train, held_out = _hold_out(*train, options.validation_percent)
     num_classes = int(max(train[1].max(), test[1].max())) + 1
     input_shape = tuple(train[0].shape[1:])
-    builder, architecture = _image_builder(options, input_shape, num_classes, default_architecture, padding)
+    builder, spec = _image_builder(options, input_shape, num_classes, default_architecture, padding)
     return Task(
         name=name,
         num_classes=num_classes,
@@ -176,7 +192,8 @@ def _image_task(name, options, train, test, ood, default_architecture="small_cnn
             shifted=_shifted_sets(options, *test),
         ),
         build_plain=builder,
-        architecture=architecture,
+        model_spec=spec,
+        serving_input=serving_input,
         notes=notes,
     )
 
@@ -189,13 +206,14 @@ def fashion_mnist_task(options):
     digits, _ = load_digits(image_size=(28, 28)) if options.ood else (None, None)
     return _image_task(
         "fashion_mnist", options, train, test, {"digits": digits} if options.ood else {},
+        ServingInput.images("uint8", scale=1.0 / 255.0),  # the loader's x / 255
         notes="Fashion-MNIST (Debian dataset-fashion-mnist); OOD: scikit-learn digits resized to 28x28",
     )
 
 
 def digits_task(options):
     from rank1_keras.data import load_digits, load_fashion_mnist
-    from rank1_keras.data.digits import resize_bilinear
+    from rank1_keras.data.digits import DIGITS_MAX_VALUE, resize_bilinear
 
     images, labels = load_digits()
     order = np.random.default_rng(0).permutation(len(labels))  # a fixed split, the same for every run
@@ -207,7 +225,7 @@ def digits_task(options):
         fashion, _ = load_fashion_mnist(None, "test")
         ood["fashion_mnist"] = resize_bilinear(fashion[:1000, :, :, 0], (8, 8))[..., None]
     return _image_task(
-        "digits", options, train, test, ood, padding="same",
+        "digits", options, train, test, ood, ServingInput.images("uint8", scale=1.0 / DIGITS_MAX_VALUE), padding="same",
         notes="scikit-learn digits, fixed 80/20 split; OOD: Fashion-MNIST test images resized to 8x8",
     )
 
@@ -227,7 +245,10 @@ def _with_observed_channel(sequences, lengths, length):
 
 
 def _standardise(train, others):
-    """Per-channel z-scores with the training set's statistics over real steps."""
+    """Per-channel z-scores with the training set's statistics over real steps.
+
+    Returns the standardised arrays and the (mean, std) used.
+    """
     channels = train.shape[-1] - 1
     mask = train[..., channels] > 0
     values = train[mask][:, :channels]
@@ -238,7 +259,12 @@ def _standardise(train, others):
         real = array[..., channels] > 0
         array[..., :channels] = np.where(real[..., None], (array[..., :channels] - mean) / std, 0.0)
         result.append(array)
-    return result
+    return result, (mean, std)
+
+
+def _sequence_serving_input(statistics):
+    mean, std = statistics
+    return ServingInput.sequences(mean=tuple(mean.tolist()), stddev=tuple(std.tolist()))
 
 
 def _ucr(name, split):
@@ -254,13 +280,13 @@ def _sequence_task(name, options, train, test, ood, notes):
     train_x = _with_observed_channel(train[0], train[1], length)
     test_x = _with_observed_channel(test[0], test[1], length)
     ood_x = {key: _with_observed_channel(value[0], value[1], length) for key, value in ood.items()}
-    train_x, test_x, *ood_values = _standardise(train_x, [test_x, *ood_x.values()])
+    (train_x, test_x, *ood_values), statistics = _standardise(train_x, [test_x, *ood_x.values()])
     ood_x = dict(zip(ood_x, ood_values))
     train_arrays = _first((train_x, train[2]), options.train_examples)
     test_arrays = _first((test_x, test[2]), options.test_examples)
     train_arrays, held_out = _hold_out(*train_arrays, options.validation_percent)
     num_classes = int(max(train_arrays[1].max(), test_arrays[1].max())) + 1
-    builder, architecture = _sequence_builder(options, train_x.shape[-1], num_classes)
+    builder, spec = _sequence_builder(options, train_x.shape[1:], num_classes)
     return Task(
         name=name,
         num_classes=num_classes,
@@ -272,7 +298,8 @@ def _sequence_task(name, options, train, test, ood, notes):
             ood={key: _arrays(value, np.zeros(len(value))) for key, value in ood_x.items()} if options.ood else {},
         ),
         build_plain=builder,
-        architecture=architecture,
+        model_spec=spec,
+        serving_input=_sequence_serving_input(statistics),
         notes=notes,
     )
 
@@ -350,7 +377,7 @@ def _cifar_task(name):
                         config, "test", options.data_dir, preprocess, options.test_examples
                     )
         num_classes = tfds_images.num_classes(name)
-        builder, architecture = _image_builder(options, (32, 32, 3), num_classes, default="wide_resnet")
+        builder, spec = _image_builder(options, (32, 32, 3), num_classes, default="wide_resnet")
         return Task(
             name=name,
             num_classes=num_classes,
@@ -363,7 +390,10 @@ def _cifar_task(name):
                 shifted=shifted,
             ),
             build_plain=builder,
-            architecture=architecture,
+            model_spec=spec,
+            serving_input=ServingInput.images(
+                "uint8", scale=1.0 / 255.0, mean=tfds_images.CIFAR_MEAN, stddev=tfds_images.CIFAR_STD
+            ),
             notes=f"{name} from tfds in {options.data_dir}",
         )
 
@@ -380,7 +410,7 @@ def imagenet_task(options):
 
     held = options.validation_percent
     input_shape = (image_size, image_size, 3)
-    builder, architecture = _image_builder(options, input_shape, 1000, default="resnet50")
+    builder, spec = _image_builder(options, input_shape, 1000, default="resnet50")
     return Task(
         name="imagenet2012",
         num_classes=1000,
@@ -396,7 +426,14 @@ def imagenet_task(options):
             ),
         ),
         build_plain=builder,
-        architecture=architecture,
+        model_spec=spec,
+        serving_input=ServingInput.images(
+            "uint8",
+            scale=1.0 / 255.0,
+            mean=tfds_images.IMAGENET_MEAN,
+            stddev=tfds_images.IMAGENET_STD,
+            central_crop_fraction=tfds_images.CENTRAL_CROP_FRACTION,
+        ),
         notes=f"imagenet2012 from tfds in {options.data_dir}; test = the validation split",
     )
 
@@ -412,12 +449,12 @@ def mimic_task(options):
     with_channel = {
         split: (_with_observed_channel(x, lengths, length), labels) for split, (x, lengths, labels) in splits.items()
     }
-    train_x, validation_x, test_x = _standardise(
+    (train_x, validation_x, test_x), statistics = _standardise(
         with_channel["train"][0], [with_channel["validation"][0], with_channel["test"][0]]
     )
     train = _first((train_x, with_channel["train"][1]), options.train_examples)
     test = _first((test_x, with_channel["test"][1]), options.test_examples)
-    builder, architecture = _sequence_builder(options, train_x.shape[-1], 2)
+    builder, spec = _sequence_builder(options, train_x.shape[1:], 2)
     return Task(
         name="mimic",
         num_classes=2,
@@ -425,7 +462,8 @@ def mimic_task(options):
         train=_arrays(*train),
         evaluation=EvaluationSets(test=_arrays(*test), validation=_arrays(validation_x, with_channel["validation"][1])),
         build_plain=builder,
-        architecture=architecture,
+        model_spec=spec,
+        serving_input=_sequence_serving_input(statistics),
         notes=f"MIMIC-III mortality export in {options.data_dir}",
     )
 

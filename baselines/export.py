@@ -1,0 +1,124 @@
+r"""Export a trained run as a SavedModel that answers with uncertainty.
+
+    python -m baselines.export --checkpoint=runs/fmnist_rank1 --output_dir=exports/fmnist_rank1
+
+`--checkpoint` is a training run's `--output_dir` (every member of a deep
+ensemble is restored from its own latest checkpoint) or one `ckpt-*.npz` file
+of a single-model run. The run's `run_settings.json` says how to rebuild the
+model (data set, method, architecture) and how raw examples become its input,
+so the data itself is not needed. The signature (`serving_default`) takes raw
+examples (uint8 images, or float sequences with their lengths) and returns
+probabilities, predicted_class, confidence, predictive_entropy,
+mutual_information and member_probabilities; see `rank1_keras.export`.
+
+The export is written next to `--output_dir` and moved into place only once
+complete; an existing `--output_dir` is replaced only with `--overwrite`.
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("checkpoint", None, "A training run's output directory, or one ckpt-*.npz file of it.")
+flags.DEFINE_string("output_dir", None, "The SavedModel directory to write.")
+flags.DEFINE_integer("num_samples", None, "Passes averaged per member (default: the run's --num_eval_samples).")
+flags.DEFINE_integer("seed", 0, "Every request starts the random streams from this seed (stochastic methods).")
+flags.DEFINE_bool("raw_input", True, "Take raw examples (uint8 images, sequences + lengths); else model features.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --output_dir.")
+flags.mark_flags_as_required(["checkpoint", "output_dir"])
+
+
+def _run_directory(checkpoint):
+    """(run directory, checkpoint file or None) for `--checkpoint`."""
+    from rank1_keras.training.experiment import RUN_SETTINGS
+
+    if os.path.isfile(checkpoint):
+        directory = os.path.dirname(os.path.abspath(checkpoint))
+        while directory != os.path.dirname(directory):
+            if os.path.exists(os.path.join(directory, RUN_SETTINGS)):
+                return directory, checkpoint
+            directory = os.path.dirname(directory)
+        raise ValueError(f"--checkpoint={checkpoint}: no {RUN_SETTINGS} in any directory above it.")
+    if not os.path.exists(os.path.join(checkpoint, RUN_SETTINGS)):
+        raise ValueError(
+            f"--checkpoint={checkpoint} must be a training run's --output_dir (holding {RUN_SETTINGS}) "
+            "or a ckpt-*.npz file of one."
+        )
+    return checkpoint, None
+
+
+def load_trained_models(checkpoint):
+    """Rebuilds a run's models and restores their weights; returns (models, run settings)."""
+    import keras
+
+    from rank1_keras.models.methods import MethodSettings, build_method_models
+    from rank1_keras.training.checkpoint import CheckpointError, latest_checkpoint, restore_model_weights
+    from rank1_keras.training.experiment import RUN_SETTINGS
+    from rank1_keras.training.loop import checkpoint_directory
+    from rank1_keras.training.tasks import TaskOptions, plain_builder
+
+    run_dir, checkpoint_file = _run_directory(checkpoint)
+    with open(os.path.join(run_dir, RUN_SETTINGS), encoding="utf-8") as stream:
+        settings = json.load(stream)
+    task_options = TaskOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["task"].items()})
+    method = MethodSettings(**settings["method"])
+    keras.utils.set_random_seed(settings["seed"])
+    models = build_method_models(plain_builder(settings["model_spec"], task_options), method)
+    if checkpoint_file and len(models) > 1:
+        raise ValueError(
+            f"--checkpoint={checkpoint} is one file, but the run is a deep ensemble of {len(models)} models: "
+            f"pass the run directory {run_dir}."
+        )
+    for index, model in enumerate(models):
+        path = checkpoint_file or latest_checkpoint(checkpoint_directory(run_dir, index if len(models) > 1 else None))
+        if path is None:
+            raise CheckpointError(f"{run_dir} has no checkpoint for model {index}: was it trained?")
+        restore_model_weights(path, model)
+    return models, settings
+
+
+def export_run(checkpoint, output_dir, num_samples=None, seed=0, raw_input=True, overwrite=False):
+    """Exports the run at `checkpoint` to `output_dir` (see the module docstring); returns the path."""
+    from rank1_keras.export import ServingInput, export_for_serving
+    from rank1_keras.models.methods import MethodSettings, inference_model
+
+    if os.path.exists(output_dir) and not overwrite:
+        raise ValueError(f"--output_dir={output_dir} exists; choose another or pass --overwrite.")
+    models, settings = load_trained_models(checkpoint)
+    if num_samples is None:
+        num_samples = MethodSettings(**settings["method"]).eval_samples
+    serving_input = ServingInput.from_config(settings["serving_input"]) if raw_input else None
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=".export-")
+    try:
+        export_for_serving(
+            inference_model(models), staging, num_samples=num_samples, seed=seed, serving_input=serving_input
+        )
+        if os.path.exists(output_dir):
+            shutil.rmtree(output_dir)
+        os.replace(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected positional arguments {argv[1:]}; every setting is a --flag.")
+    path = export_run(FLAGS.checkpoint, FLAGS.output_dir, FLAGS.num_samples, FLAGS.seed, FLAGS.raw_input, FLAGS.overwrite)
+    print(f"exported: {path}", flush=True)
+
+
+if __name__ == "__main__":
+    from baselines import common
+
+    common.run(main)
+    sys.exit(0)
