@@ -13,7 +13,13 @@ import sys
 
 from absl import app, flags
 
-from rank1_keras.models.methods import FACTOR_INITIALIZERS, PRIORS, TRAINING_LIKELIHOODS, method_names
+from rank1_keras.models.methods import (
+    BELLA_TRAINERS,
+    FACTOR_INITIALIZERS,
+    PRIORS,
+    TRAINING_LIKELIHOODS,
+    method_names,
+)
 from rank1_keras.training.strategy import STRATEGIES
 from rank1_keras.training.tasks import ARCHITECTURES
 
@@ -50,6 +56,13 @@ PAPER_DEFAULTS = dict(
     architecture=None,
     depth=28,
     width_multiplier=10.0,
+    # LP-BNN (Franchi et al.): VAE latent 32, loss weight 1.
+    latent_dim=32,
+    latent_loss_weight=1.0,
+    # Bella (Doan et al.): rank 4, 3 particles.
+    bella_rank=4,
+    bella_num_particles=3,
+    bella_trainer="ensemble",
 )
 
 
@@ -93,6 +106,18 @@ def define_flags(datasets, **defaults):
     )
     flags.DEFINE_enum(
         "training_batch", "tile", ["tile", "split"], "Every member sees the batch (tile) or its B/K share (split)."
+    )
+    flags.DEFINE_integer("latent_dim", values["latent_dim"], "LP-BNN: VAE latent size per layer.")
+    flags.DEFINE_float("latent_loss_weight", values["latent_loss_weight"], "LP-BNN: weight of the VAE loss (layer mean).")
+    flags.DEFINE_integer("bella_rank", values["bella_rank"], "Bella: rank of each low-rank perturbation.")
+    flags.DEFINE_integer("bella_num_particles", values["bella_num_particles"], "Bella: particles (its K).")
+    flags.DEFINE_enum("bella_trainer", values["bella_trainer"], BELLA_TRAINERS, "Bella: plain ensemble or SVGD.")
+    flags.DEFINE_list("bella_layers", [], "Bella: names of the layers to perturb (empty: every Dense/Conv).")
+    flags.DEFINE_float("bella_prior_stddev", None, "Bella-SVGD: Normal prior stddev on the perturbations (None: flat).")
+    flags.DEFINE_string(
+        "pretrained_checkpoint", None,
+        "Bella: the frozen network's weights: a finished run's --output_dir (e.g. --method=deterministic), "
+        "a ckpt-*.npz, or a Keras .weights.h5/.keras file of the same architecture.",
     )
     flags.DEFINE_integer("seed", 0, "Random seed (initialisation, data order, sampling).")
     flags.DEFINE_string("output_dir", None, "Checkpoints, TensorBoard summaries and results go here.")
@@ -142,7 +167,12 @@ def settings_from_flags(replicas=1):
     from rank1_keras.training.loop import TrainingSettings
     from rank1_keras.training.tasks import TaskOptions
 
-    method = _from_flags(MethodSettings)
+    method = _from_flags(MethodSettings, bella_layers=tuple(name for name in FLAGS.bella_layers if name))
+    if method.method == "bella" and not method.pretrained_checkpoint:
+        raise ValueError(
+            "--method=bella perturbs a trained network: pass --pretrained_checkpoint (e.g. the --output_dir "
+            "of a --method=deterministic run with the same data set and architecture)."
+        )
     method.check_batch_size(FLAGS.per_core_batch_size)
     try:
         decay_epochs = tuple(float(e) for e in FLAGS.lr_decay_epochs)

@@ -6,6 +6,8 @@ Runs `--methods` one after another with the same flags (those of
 `baselines.embedded`), each into `<output_dir>/<method>/` (so an interrupted
 comparison resumes from each method's checkpoints), then prints the Markdown
 table and writes it to `<output_dir>/comparison.md` and `comparison.json`.
+Bella fine-tunes low-rank perturbations of the comparison's own deterministic
+network (`<output_dir>/deterministic`) unless `--pretrained_checkpoint` says otherwise.
 """
 
 import dataclasses
@@ -40,6 +42,15 @@ def main(argv):
     for method in FLAGS.methods:
         print(f"== {method} ==", flush=True)
         settings = dataclasses.replace(method_settings, method=method)
+        if method == "bella" and not settings.pretrained_checkpoint:
+            # Bella perturbs the network this comparison trained as its deterministic baseline.
+            baseline = os.path.join(FLAGS.output_dir, "deterministic")
+            if "deterministic" not in FLAGS.methods[: FLAGS.methods.index("bella")]:
+                raise ValueError(
+                    "--methods: bella starts from the deterministic run; list deterministic before bella "
+                    "or pass --pretrained_checkpoint."
+                )
+            settings = dataclasses.replace(settings, pretrained_checkpoint=baseline)
         method_task = dataclasses.replace(task, dropout_rate=FLAGS.dropout_rate if method == "dropout" else 0.0)
         if method_task not in tasks:
             tasks[method_task] = load_task(FLAGS.dataset, method_task)

@@ -153,8 +153,7 @@ def check_result(
     assert f"| {method} |" in table
     epochs = result["settings"]["training"]["train_epochs"]
     method_settings = result["settings"]["method"]
-    tiled = method in ("batchensemble", "rank1") and method_settings["training_batch"] == "tile"
-    training_members = method_settings["ensemble_size"] if tiled else 1
+    training_members = MethodSettings(**method_settings).members  # K rows per example for tiled training
     directories = (
         [os.path.join(output_dir, "checkpoints")]
         if models == 1

@@ -49,9 +49,12 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.cfg")))
 def test_every_paper_row_and_demo_has_a_config():
     names = {os.path.relpath(path, os.path.join(ROOT, "configs")) for path in CONFIGS}
     for dataset in ("cifar10", "cifar100"):
-        for row in ("deterministic", "dropout", "deep_ensemble", "batchensemble", "rank1_gaussian", "rank1_cauchy"):
+        for row in (
+            "deterministic", "dropout", "deep_ensemble", "batchensemble", "rank1_gaussian", "rank1_cauchy", "lpbnn",
+            "bella", "bella_svgd",
+        ):
             assert f"{dataset}/{row}.cfg" in names
-    for row in ("deterministic", "deep_ensemble", "batchensemble", "rank1"):
+    for row in ("deterministic", "deep_ensemble", "batchensemble", "rank1", "lpbnn", "bella"):
         assert f"imagenet/{row}.cfg" in names and f"mimic/{row}.cfg" in names
     assert any(name.startswith("embedded/") and name.endswith("_demo.cfg") for name in names)
 

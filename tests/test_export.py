@@ -152,7 +152,7 @@ def test_every_method_equals_the_keras_model_from_the_same_seed(tmp_path, method
         again = loaded(inputs=tf.constant(inputs))["probabilities"].numpy()
         np.testing.assert_array_equal(again, served["probabilities"])  # seeded: every request alike
     members = served["member_probabilities"].shape[1]
-    expected_members = {"deterministic": 1, "dropout": 2}.get(method, 2 * num_samples)
+    expected_members = {"deterministic": 1, "dropout": 2, "bella": 3}.get(method, 2 * num_samples)
     assert members == expected_members
     if method in STOCHASTIC:
         assert served["mutual_information"].max() > 0  # the passes differ

@@ -136,18 +136,22 @@ class LatentPosteriorMixin:
         dim = int(self._member_factors[name].variable.shape[-1])
         latent_dim = self.latent_dim
 
-        def weight(role, shape, initializer):
+        def weight(role, shape, initializer=None):
+            # The official LP-BNN is PyTorch: its nn.Linear kernels start U(+-1/sqrt(fan_in)).
+            # (Glorot on the decoder of a narrow layer gave the decoded factor a noise std
+            # above 1 at the start, and LSTM models on the small series did not learn.)
+            initializer = initializer or keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
             return self.add_weight(name=f"{name}_{role}", shape=shape, initializer=initializer, trainable=True)
 
         return LatentPosterior(
             factor_name=name,
-            encoder_kernel=weight("encoder_kernel", (dim, latent_dim), "glorot_uniform"),
+            encoder_kernel=weight("encoder_kernel", (dim, latent_dim)),
             encoder_bias=weight("encoder_bias", (latent_dim,), "zeros"),
-            mean_kernel=weight("mean_kernel", (latent_dim, latent_dim), "glorot_uniform"),
+            mean_kernel=weight("mean_kernel", (latent_dim, latent_dim)),
             mean_bias=weight("mean_bias", (latent_dim,), "zeros"),
-            log_variance_kernel=weight("log_variance_kernel", (latent_dim, latent_dim), "glorot_uniform"),
+            log_variance_kernel=weight("log_variance_kernel", (latent_dim, latent_dim)),
             log_variance_bias=weight("log_variance_bias", (latent_dim,), "zeros"),
-            decoder_kernel=weight("decoder_kernel", (latent_dim, dim), "glorot_uniform"),
+            decoder_kernel=weight("decoder_kernel", (latent_dim, dim)),
             # Ones, so that the decoded factor starts centred on the BatchEnsemble
             # default alpha = 1 (a converted model starts near the original).
             decoder_bias=weight("decoder_bias", (dim,), "ones"),

@@ -207,13 +207,14 @@ class LSTMCellRank1(Rank1Mixin, keras.layers.LSTMCell):
             inputs,
             factors["alpha"],
             factors["gamma"],
-            kernel_op=lambda x: tf.tensordot(x, tf.convert_to_tensor(self.kernel), axes=[[-1], [0]]),
+            # Step inputs are 2-D: a plain matmul avoids tensordot's reshapes inside the time loop.
+            kernel_op=lambda x: tf.matmul(x, tf.convert_to_tensor(self.kernel)),
         )
         z = z + self._apply_rank1(
             h_tm1,
             factors["recurrent_alpha"],
             factors["recurrent_gamma"],
-            kernel_op=lambda h: tf.tensordot(h, tf.convert_to_tensor(self.recurrent_kernel), axes=[[-1], [0]]),
+            kernel_op=lambda h: tf.matmul(h, tf.convert_to_tensor(self.recurrent_kernel)),
         )
         if self.use_bias:
             z = self._add_member_bias(z, factors["bias"])

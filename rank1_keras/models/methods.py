@@ -11,8 +11,15 @@ into the method the user picks:
 | ensemble        | K plain models, each its own init  | `join_ensemble`: probabilities avg. |
 | batchensemble   | `convert(..., "batchensemble", K)` | K members tiled inside, averaged    |
 | rank1           | `convert(..., "rank1", K)`         | K members x `num_eval_samples`      |
+| lpbnn           | `convert(..., "lpbnn", K)`         | K members, latent means             |
+| bella           | `to_bella(pretrained, particles)`  | particles' probabilities averaged   |
 
-Later methods (LP-BNN, Bella) join with `register_method_builder`.
+Bella starts from `pretrained_checkpoint` (a finished run's directory, a
+checkpoint `.npz`, or a Keras `.weights.h5` / `.keras` file of the same
+architecture); `bella_trainer="ensemble"` trains each particle on its own
+data order (`training_options` asks `train` for member streams),
+`"svgd"` moves the particles with SVGD (a gradient transform).
+More methods join with `register_method_builder`.
 
 Example:
 
@@ -31,6 +38,7 @@ PRIORS = ("normal", "cauchy")
 FACTOR_INITIALIZERS = ("trainable_normal", "trainable_cauchy", "random_sign", "ones")
 TRAINING_LIKELIHOODS = ("average", "mixture")
 TRAINING_BATCHES = ("tile", "split")
+BELLA_TRAINERS = ("ensemble", "svgd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +68,18 @@ class MethodSettings:
         training_batch: "tile" (every member sees the whole batch, the papers')
             or "split" (member k trains on its own B/K examples: K times
             cheaper steps; the batch must divide by K).
+        latent_dim, latent_loss_weight: LP-BNN's VAE latent size and the
+            weight of its (layer-averaged) reconstruction + KL loss.
+        bella_rank, bella_num_particles: Bella's perturbation rank and number
+            of particles (its K).
+        bella_trainer: "ensemble" (each particle its own loss and data order)
+            or "svgd".
+        bella_layers: names of the layers Bella perturbs (empty: every Dense
+            and Conv layer).
+        bella_prior_stddev: SVGD's isotropic Normal prior on the low-rank
+            parameters (None: flat).
+        pretrained_checkpoint: where Bella's frozen weights come from (None:
+            the freshly built model, only meaningful in tests).
     """
 
     method: str = "deterministic"
@@ -77,6 +97,14 @@ class MethodSettings:
     num_eval_samples: int = 1
     training_likelihood: str = "average"
     training_batch: str = "tile"
+    latent_dim: int = 32
+    latent_loss_weight: float = 1.0
+    bella_rank: int = 4
+    bella_num_particles: int = 3
+    bella_trainer: str = "ensemble"
+    bella_layers: tuple = ()
+    bella_prior_stddev: float = None
+    pretrained_checkpoint: str = None
 
     def __post_init__(self):
         validation.check_choice(self.method, "method", method_names())
@@ -91,6 +119,16 @@ class MethodSettings:
         validation.check_positive_int(self.num_eval_samples, "num_eval_samples")
         validation.check_choice(self.training_likelihood, "training_likelihood", TRAINING_LIKELIHOODS)
         validation.check_choice(self.training_batch, "training_batch", TRAINING_BATCHES)
+        validation.check_positive_int(self.latent_dim, "latent_dim")
+        validation.check_non_negative_finite(self.latent_loss_weight, "latent_loss_weight")
+        validation.check_positive_int(self.bella_rank, "bella_rank")
+        validation.check_positive_int(self.bella_num_particles, "bella_num_particles")
+        validation.check_choice(self.bella_trainer, "bella_trainer", BELLA_TRAINERS)
+        object.__setattr__(self, "bella_layers", tuple(self.bella_layers or ()))
+        if self.bella_prior_stddev is not None:
+            validation.check_positive_finite(self.bella_prior_stddev, "bella_prior_stddev")
+        if self.method == "bella" and self.bella_trainer == "svgd" and self.bella_num_particles < 2:
+            raise ValueError(f"bella_trainer='svgd' needs bella_num_particles >= 2; got {self.bella_num_particles}.")
         if not -1.0 <= self.random_sign_init <= 1.0:
             raise ValueError(
                 f"random_sign_init must be in [-1, 1] (> 0: P(+1) of random-sign means; <= 0: minus the "
@@ -98,13 +136,27 @@ class MethodSettings:
             )
 
     @property
+    def size(self):
+        """K: Bella's particles, else `ensemble_size`."""
+        return self.bella_num_particles if self.method == "bella" else self.ensemble_size
+
+    @property
+    def effective_training_batch(self):
+        """Bella's ensemble trainer feeds each particle its own block ("split")."""
+        if self.method == "bella":
+            return "split" if self.bella_trainer == "ensemble" else "tile"
+        return self.training_batch
+
+    @property
     def members(self):
         """Member rows per example in the training output (K, or 1)."""
-        tiled = self.method in _TILED_METHODS and self.training_batch == "tile"
-        return self.ensemble_size if tiled else 1
+        tiled = self.method in _TILED_METHODS and self.effective_training_batch == "tile"
+        return self.size if tiled else 1
 
     def check_batch_size(self, batch_size, name="per_core_batch_size"):
         """Split training gives each member B/K examples: B must divide by K."""
+        if self.method == "bella":
+            return  # the ensemble trainer's streams give every particle a full batch
         if self.method in _TILED_METHODS and self.training_batch == "split" and batch_size % self.ensemble_size:
             raise ValueError(
                 f"{name}={batch_size} must be divisible by ensemble_size={self.ensemble_size} with "
@@ -114,7 +166,7 @@ class MethodSettings:
     @property
     def ensemble_members(self):
         """K for the ensemble methods (tiled or separate models), 1 otherwise."""
-        return self.ensemble_size if self.method in _TILED_METHODS | _SEPARATE_MODEL_METHODS else 1
+        return self.size if self.method in _TILED_METHODS | _SEPARATE_MODEL_METHODS else 1
 
     @property
     def eval_samples(self):
@@ -122,7 +174,7 @@ class MethodSettings:
         return self.num_eval_samples if self.method in _STOCHASTIC_METHODS else 1
 
 
-_TILED_METHODS = {"batchensemble", "rank1"}
+_TILED_METHODS = {"batchensemble", "rank1", "lpbnn", "bella"}
 _STOCHASTIC_METHODS = {"dropout", "rank1"}
 _SEPARATE_MODEL_METHODS = {"ensemble"}
 
@@ -186,7 +238,10 @@ def _ensemble(build_plain, settings):
 def _converted(method_name):
     def build(build_plain, settings):
         settings_for_method = settings
-        if method_name == "batchensemble":
+        extra = {}
+        if method_name == "lpbnn":
+            extra = {"latent_dim": settings.latent_dim, "latent_loss_weight": settings.latent_loss_weight}
+        if method_name in ("batchensemble", "lpbnn"):
             families = [
                 "random_sign" if f.startswith("trainable") else f
                 for f in (settings.alpha_initializer, settings.gamma_initializer)
@@ -201,10 +256,87 @@ def _converted(method_name):
                 settings.ensemble_size,
                 training_batch=settings.training_batch,
                 **rank1_layer_options(settings_for_method),
+                **extra,
             )
         ]
 
     return build
+
+
+def load_pretrained(model, path):
+    """Loads trained weights into `model` from a run directory, a checkpoint or a Keras weights file."""
+    import os
+
+    from rank1_keras.training.checkpoint import CheckpointError, latest_checkpoint, restore_model_weights
+
+    if path.endswith(".weights.h5"):
+        model.load_weights(path)
+        return model
+    if path.endswith(".keras"):
+        model.set_weights(keras.saving.load_model(path, compile=False).get_weights())
+        return model
+    if os.path.isdir(path):
+        directory = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+        checkpoint = latest_checkpoint(directory)
+        if checkpoint is None:
+            raise CheckpointError(f"pretrained_checkpoint={path} holds no checkpoint (a 'latest' pointer).")
+        path = checkpoint
+    if not path.endswith(".npz") or not os.path.exists(path):
+        raise ValueError(
+            f"pretrained_checkpoint={path!r} must be a training run's directory, a ckpt-*.npz file, or a "
+            "Keras .weights.h5 / .keras file of the same architecture."
+        )
+    restore_model_weights(path, model)
+    return model
+
+
+def _bella(build_plain, settings):
+    from rank1_keras.bella import to_bella
+
+    base = build_plain()
+    if settings.pretrained_checkpoint:
+        load_pretrained(base, settings.pretrained_checkpoint)
+    return [
+        to_bella(
+            base,
+            num_particles=settings.bella_num_particles,
+            rank=settings.bella_rank,
+            layers=list(settings.bella_layers) or None,
+            training_batch=settings.effective_training_batch,
+        )
+    ]
+
+
+def training_options(model, settings):
+    """Extra `rank1_keras.training.loop.train` arguments the method needs.
+
+    Bella-ensemble: one data order per particle (`member_streams`);
+    Bella-SVGD: the SVGD transform of the particles' gradients.
+    """
+    if settings.method != "bella":
+        return {}
+    if settings.bella_trainer == "ensemble":
+        return {"member_streams": settings.bella_num_particles}
+    import tensorflow as tf
+
+    from rank1_keras.bella import particle_variables
+    from rank1_keras.training import svgd
+
+    particles = particle_variables(model)
+
+    def transform(variables, gradients):
+        return svgd.transform_gradients(
+            variables,
+            gradients,
+            particles,
+            settings.train_size,
+            prior_stddev=settings.bella_prior_stddev,
+            # The loop's loss averages the particles' NLLs (AverageNLL).
+            loss_gradient_scale=float(settings.bella_num_particles),
+            num_replicas=tf.distribute.get_strategy().num_replicas_in_sync,
+        )
+
+    return {"gradient_transform": transform}
 
 
 _BUILDERS = {
@@ -213,6 +345,8 @@ _BUILDERS = {
     "ensemble": _ensemble,
     "batchensemble": _converted("batchensemble"),
     "rank1": _converted("rank1"),
+    "lpbnn": _converted("lpbnn"),
+    "bella": _bella,
 }
 
 

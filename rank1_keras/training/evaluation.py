@@ -93,7 +93,8 @@ def evaluate(model, sets, num_samples=1, batch_size=256, reliability_path=None):
 
     Keys: the test metrics (`accuracy`, `nll`, `ece`, `brier`, ...);
     `temperature`, `nll_temperature_scaled`, `ece_temperature_scaled` with a
-    validation split; `ood/<name>/auroc`, `ood/<name>/aupr` and `ood_auroc`
+    validation split (or `temperature_skipped` with the reason when every
+    validation example is right, so no finite temperature minimises its NLL); `ood/<name>/auroc`, `ood/<name>/aupr` and `ood_auroc`
     (the first set); `shift/<corruption>/<severity>/{accuracy,nll,ece}` and
     `shift_accuracy`, `shift_ece` (means over all shifts).
     """
@@ -109,7 +110,13 @@ def evaluate(model, sets, num_samples=1, batch_size=256, reliability_path=None):
 
     if sets.validation is not None:
         validation_members, validation_labels = members_of(sets.validation)
-        temperature = metrics.fit_temperature_from_probabilities(validation_members.mean(axis=0), validation_labels)
+        validation_probabilities = validation_members.mean(axis=0)
+    if sets.validation is not None and np.all(validation_probabilities.argmax(-1) == validation_labels):
+        # Every validation example right: the validation NLL falls all the way to T -> 0,
+        # so there is no temperature to fit (it would sharpen test predictions without limit).
+        result["temperature_skipped"] = "every validation example is classified correctly"
+    elif sets.validation is not None:
+        temperature = metrics.fit_temperature_from_probabilities(validation_probabilities, validation_labels)
         scaled = metrics.apply_temperature_to_probabilities(probabilities, temperature)
         result["temperature"] = float(temperature)
         result["nll_temperature_scaled"] = metrics.negative_log_likelihood(scaled, labels)
@@ -151,6 +158,7 @@ TABLE_COLUMNS = (
     ("method", "method", "{}"),
     ("K", "ensemble_size", "{}"),
     ("params", "parameters", "{:,}"),
+    ("trainable / base", "trainable_fraction", "{:.2%}"),  # Bella: its low-rank parameters over the frozen net's
     ("train s", "train_seconds", "{:.0f}"),
     ("accuracy", "accuracy", "{:.4f}"),
     ("NLL", "nll", "{:.4f}"),

@@ -20,7 +20,7 @@ import time
 import keras
 
 from rank1_keras.convert import _trainable_count
-from rank1_keras.models.methods import MethodSettings, build_method_models, inference_model
+from rank1_keras.models.methods import MethodSettings, build_method_models, inference_model, training_options
 from rank1_keras.training import evaluation
 from rank1_keras.training.checkpoint import write_atomically
 from rank1_keras.training.loop import TrainingSettings, checkpoint_directory, train
@@ -93,6 +93,7 @@ def run_experiment(
             checkpoint_dir=checkpoint_directory(output_dir, member),
             log_dir=os.path.join(output_dir, "tensorboard", f"member_{index}" if member is not None else ""),
             chief=chief,
+            **training_options(model, method_settings),
         )
         train_seconds += record.train_seconds
         records.append(record)
@@ -127,6 +128,13 @@ def run_experiment(
         },
         notes=task.notes,
     )
+    if method_settings.method == "bella":
+        from rank1_keras.bella import trainable_fraction
+
+        with strategy.scope():
+            base = task.build_plain()
+        fraction = trainable_fraction(models[0], base)
+        result.update(trainable_fraction=fraction.total, trainable_fraction_per_particle=fraction.per_particle)
     if write_files and chief:
         write_json(settings_path, run_settings)
         write_results(result, output_dir)

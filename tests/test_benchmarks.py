@@ -1,0 +1,96 @@
+"""The benchmark helpers compute what they claim (values only; nothing here is timed)."""
+
+import keras
+import numpy as np
+import pytest
+
+from benchmarks import all as bench_all
+from benchmarks import common
+from benchmarks.models import parameter_breakdown
+from rank1_keras.convert import _trainable_count, convert
+
+
+def test_median_and_quantiles():
+    assert common.median([3, 1, 2]) == 2
+    assert common.median([4, 1, 3, 2]) == 2.5
+    assert common.quantile([1, 2, 3, 4, 5], 0.25) == 2
+    assert common.quantile([0, 10], 0.75) == 7.5
+    with pytest.raises(ValueError):
+        common.median([])
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    # Rounds: ratios 2, 3, 1.5 -> median 2 (the ratio of medians would be 25/10 = 2.5).
+    assert common.paired_ratio([20, 30, 30], [10, 10, 20]) == 2.0
+    with pytest.raises(ValueError):
+        common.paired_ratio([1, 2], [1])
+
+
+def test_summarize_reports_milliseconds():
+    summary = common.summarize([0.010, 0.020, 0.030])
+    assert summary["median_ms"] == pytest.approx(20.0)
+    assert summary["q25_ms"] == pytest.approx(15.0)
+    assert summary["rounds"] == 3
+
+
+def test_markdown_table():
+    table = common.markdown_table(["a", "b"], [[1, None]])
+    assert table.splitlines() == ["| a | b |", "| :--- | ---: |", "| 1 |  |"]
+
+
+def test_interleave_keeps_every_round_after_warmup():
+    calls = []
+    participant = common.LocalParticipant("p", {"x": lambda: calls.append("x"), "y": lambda: calls.append("y")})
+    times = common.interleave([(participant, ["x", "y"])], repetitions=3, warmup=2)
+    assert sorted(times) == [("p", "x"), ("p", "y")]
+    assert all(len(v) == 3 for v in times.values())
+    assert calls.count("x") == calls.count("y") == 5
+    assert calls[:2] == ["x", "y"] and calls[2:4] == ["y", "x"]  # the order rotates
+
+
+def _tiny_model():
+    inputs = keras.Input((5,))
+    x = keras.layers.Dense(3)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+def test_parameter_breakdown_matches_a_hand_count():
+    plain = _tiny_model()
+    # Dense 5*3+3, BN 2*3 trainable (+ 2*3 moving statistics), Dense 3*2+2.
+    assert dict(parameter_breakdown([plain])) == {"total": 32, "shared": 32, "all_weights": 38}
+
+    rank1 = convert(plain, "rank1", ensemble_size=2)
+    counts = parameter_breakdown([rank1])
+    # Shared kernels 15 + 6; factor means = scales: alpha 2*5 + gamma 2*3 + alpha 2*3 + gamma 2*2;
+    # member biases 2*3 + 2*2; member BN gamma and beta 2 * 2*3. Not trainable: the member BN's
+    # moving statistics 2 * 2*3 and each rank-1 layer's KL-annealing weight (a scalar).
+    assert counts["shared"] == 21
+    assert counts["rank-1 factors"] == 26
+    assert counts["factor scales"] == 26
+    assert counts["member biases"] == 10
+    assert counts["member batch norm"] == 12
+    assert counts["total"] == 95 == _trainable_count(rank1)
+    assert counts["all_weights"] == 95 + 12 + 2
+
+    batchensemble = convert(plain, "batchensemble", ensemble_size=2)
+    counts = parameter_breakdown([batchensemble])
+    assert counts["total"] == 21 + 26 + 10 + 12
+    assert counts["factor scales"] == 0
+
+
+def test_peak_memory_sees_an_allocation():
+    def allocate():
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        return float(block[-1])
+
+    peak, how = common.measure_peak_memory(allocate, calls=1)
+    assert peak >= 48 * 2**20, how
+
+
+def test_all_accepts_other_section_shapes(tmp_path):
+    section = bench_all._normalise({"tables": ["| a |"], "pngs": [str(tmp_path / "figures" / "q.png")]}, "Quality")
+    assert section["title"] == "Quality" and section["markdown"] == "| a |"
+    markdown = bench_all._link_missing_figures(section, tmp_path)
+    assert "![q](figures/q.png)" in markdown
