@@ -53,6 +53,7 @@ def test_deterministic_methods_equal_the_keras_model(tmp_path, method, members):
     np.testing.assert_allclose(one["probabilities"], served["probabilities"][:1], atol=1e-6)
 
 
+@pytest.mark.slow  # the seed=None mode; the seeded mode runs in the default suite
 def test_rank1_samples_like_the_keras_model_from_the_saved_random_state(tmp_path):
     model = _model("rank1")
     states = [v.numpy().copy() for v in _seed_states(model)]
@@ -173,7 +174,7 @@ def _tiny_resnet50():
 @pytest.mark.parametrize(
     "builder, shape, method",
     [
-        (_tiny_wide_resnet, (8, 8, 3), "rank1"),
+        pytest.param(_tiny_wide_resnet, (8, 8, 3), "rank1", marks=pytest.mark.slow),
         (_tiny_wide_resnet, (8, 8, 3), "ensemble"),
         (_tiny_resnet50, (32, 32, 3), "deterministic"),
         pytest.param(_tiny_resnet50, (32, 32, 3), "batchensemble", marks=pytest.mark.slow),
@@ -194,7 +195,9 @@ def _lstm():
     return lstm_classifier(num_features=4, num_classes=3, units=6, hidden_units=5, dropout_rate=0.2)
 
 
-@pytest.mark.parametrize("method", ["rank1", "dropout", "ensemble"])
+@pytest.mark.parametrize(
+    "method", ["rank1", pytest.param("dropout", marks=pytest.mark.slow), pytest.param("ensemble", marks=pytest.mark.slow)]
+)
 def test_lstm_with_lengths_equals_the_task_preprocessing(tmp_path, method):
     from rank1_keras.training.tasks import _standardise, _with_observed_channel
 

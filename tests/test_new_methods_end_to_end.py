@@ -119,7 +119,9 @@ def _japanese_vowels(tmp_path_factory):
 KINDS = {"cifar10": _cifar10, "mimic": _mimic, "japanese_vowels": _japanese_vowels}
 
 
-@pytest.fixture(scope="module", params=sorted(KINDS))
+# The tfds mock with a Wide ResNet is the slowest kind: it runs with the slow tests.
+@pytest.fixture(scope="module", params=[pytest.param(name, marks=pytest.mark.slow) if name == "cifar10" else name
+                                        for name in sorted(KINDS)])
 def kind(request, tmp_path_factory):
     """A task kind with its deterministic run, trained once per module."""
     task_kind = KINDS[request.param](tmp_path_factory)

@@ -95,7 +95,7 @@ def test_kl_loss_is_the_weight_times_the_closed_form_kl(trained):
 
 
 def test_comparison_binary_prints_one_table_and_keeps_results_on_failure(tmp_path):
-    """The README's main job (baselines.compare), on a slice of Fashion-MNIST, all five methods."""
+    """The README's main job (baselines.compare), on a slice of Fashion-MNIST, all seven methods."""
     output_dir = tmp_path / "run"
     command = [sys.executable, "-m", "baselines.compare", "--flagfile=configs/embedded/fashion_mnist_demo.cfg",
                "--train_epochs=1", "--train_examples=640", "--test_examples=256", "--shift_examples=64",
@@ -106,7 +106,7 @@ def test_comparison_binary_prints_one_table_and_keeps_results_on_failure(tmp_pat
     completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root)
     assert completed.returncode == 0, completed.stderr[-3000:]
     comparison = json.loads((output_dir / "comparison.json").read_text())
-    methods = ["deterministic", "dropout", "ensemble", "batchensemble", "rank1"]
+    methods = ["deterministic", "dropout", "ensemble", "batchensemble", "rank1", "lpbnn", "bella"]
     assert [r["method"] for r in comparison["results"]] == methods
     table = completed.stdout.split("| method |")[1]
     for row in comparison["results"]:
@@ -122,6 +122,11 @@ def test_comparison_binary_prints_one_table_and_keeps_results_on_failure(tmp_pat
     by_method = {row["method"]: row for row in comparison["results"]}
     assert by_method["ensemble"]["parameters"] == 2 * by_method["deterministic"]["parameters"]
     assert "disagreement" not in by_method["deterministic"] and by_method["ensemble"]["disagreement"] > 0
+    # Bella trains low-rank perturbations of the deterministic network the job trained first.
+    bella = by_method["bella"]
+    assert bella["settings"]["method"]["pretrained_checkpoint"] == str(output_dir / "deterministic")
+    assert 0 < bella["parameters"] < by_method["deterministic"]["parameters"]
+    assert bella["trainable_fraction"] == bella["parameters"] / by_method["deterministic"]["parameters"]
     # A run that fails (unknown method) leaves the previous results untouched.
     before = (output_dir / "comparison.json").read_bytes()
     failed = subprocess.run(command + ["--methods=rank1,bogus"], capture_output=True, text=True, env=env, cwd=root)

@@ -247,3 +247,32 @@ def test_split_training_needs_a_divisible_batch():
     settings.check_batch_size(63)
     assert settings.members == 1
     assert MethodSettings(method="batchensemble", ensemble_size=3).members == 3
+
+
+def test_temperature_is_fitted_unless_the_validation_split_is_perfectly_classified():
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from rank1_keras import metrics
+    from rank1_keras.training.evaluation import EvaluationSets, evaluate
+    from rank1_keras.training.loop import TrainData
+
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Softmax()(inputs))  # logits are the inputs
+    test_x = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.5]], "float32")
+    test_y = np.array([0, 1, 1])
+
+    def data(x, y):
+        return TrainData(tf.data.Dataset.from_tensor_slices((x, y.astype("int32"))), len(y))
+
+    separable_x, separable_y = np.array([[3.0, 0.0], [0.0, 2.0]], "float32"), np.array([0, 1])
+    result = evaluate(model, EvaluationSets(test=data(test_x, test_y), validation=data(separable_x, separable_y)))
+    assert "temperature" not in result and "nll_temperature_scaled" not in result
+    assert "every validation example" in result["temperature_skipped"]
+
+    mixed_x, mixed_y = np.array([[3.0, 0.0], [0.0, 2.0], [1.0, 0.0]], "float32"), np.array([0, 1, 1])
+    result = evaluate(model, EvaluationSets(test=data(test_x, test_y), validation=data(mixed_x, mixed_y)))
+    expected = metrics.fit_temperature(mixed_x.astype("float64"), mixed_y)
+    assert abs(result["temperature"] - expected) < 1e-4 * expected
+    assert "temperature_skipped" not in result
