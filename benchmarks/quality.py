@@ -112,10 +112,12 @@ def run_dataset(dataset, quick, work_dir, log=print):
 
 
 def _mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
+    present = [v for v in values if v is not None]
+    if not present:
         return "-"
-    return f"{np.mean(values):.4f} ± {np.std(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+    text = f"{np.mean(present):.4f} ± {np.std(present):.4f}" if len(present) > 1 else f"{present[0]:.4f}"
+    # Temperature scaling is skipped for a seed whose validation split is perfectly classified.
+    return text if len(present) == len(values) else f"{text} (n={len(present)})"
 
 
 def summary_table(results):
@@ -211,7 +213,8 @@ def run(quick, output_dir, log=print, datasets=None):
                 f"### {dataset}\n\n{len(SEEDS)} seeds, {training.train_epochs} epochs, Adam "
                 f"{training.base_learning_rate:g}, batch {training.per_replica_batch_size}, K=4 (Bella: 3 particles, "
                 f"rank 4), 4 evaluation passes for the stochastic methods, 10% of the training set held out "
-                f"for temperature scaling (T). Mean ± std over seeds.\n\n{summary_table(results)}"
+                f"for temperature scaling (T; `(n=...)`: seeds whose validation split was not perfectly "
+                f"classified, the others have no finite temperature). Mean ± std over seeds.\n\n{summary_table(results)}"
             )
             reliability = os.path.join(figures_dir, f"quality_{dataset}_reliability.png")
             _plot_reliability_grid(results, reliability, dataset)
