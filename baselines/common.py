@@ -109,6 +109,9 @@ def define_flags(datasets, **defaults):
     )
     flags.DEFINE_integer("latent_dim", values["latent_dim"], "LP-BNN: VAE latent size per layer.")
     flags.DEFINE_float("latent_loss_weight", values["latent_loss_weight"], "LP-BNN: weight of the VAE loss (layer mean).")
+    flags.DEFINE_enum(
+        "latent_inference", "mean", ["mean", "sample"], "LP-BNN at evaluation: z = mu, or --num_eval_samples draws."
+    )
     flags.DEFINE_integer("bella_rank", values["bella_rank"], "Bella: rank of each low-rank perturbation.")
     flags.DEFINE_integer("bella_num_particles", values["bella_num_particles"], "Bella: particles (its K).")
     flags.DEFINE_enum("bella_trainer", values["bella_trainer"], BELLA_TRAINERS, "Bella: plain ensemble or SVGD.")

@@ -111,3 +111,22 @@ def test_a_registered_method_joins_the_names():
 def test_bad_settings_name_the_argument(arguments, message):
     with pytest.raises(ValueError, match=message):
         MethodSettings(**arguments)
+
+
+def test_lpbnn_latent_inference_is_selectable():
+    from rank1_keras.layers.latent_posterior import LatentPosteriorMixin
+
+    x = np.random.default_rng(0).uniform(size=(5, 12, 12, 1)).astype("float32")
+    outputs = {}
+    for mode in ("mean", "sample"):
+        keras.utils.set_random_seed(0)
+        settings = MethodSettings("lpbnn", ensemble_size=2, latent_inference=mode, num_eval_samples=3, train_size=10)
+        (model,) = build_method_models(_plain, settings)
+        layers = [layer for layer in model._flatten_layers() if isinstance(layer, LatentPosteriorMixin)]
+        assert layers and all(layer.inference == mode for layer in layers)
+        assert settings.eval_samples == (3 if mode == "sample" else 1)
+        outputs[mode] = [model(x, training=False).numpy() for _ in range(2)]
+    np.testing.assert_array_equal(*outputs["mean"])  # z = mu: one deterministic pass
+    assert np.abs(outputs["sample"][0] - outputs["sample"][1]).max() > 1e-6  # fresh latent draws
+    with pytest.raises(ValueError, match="latent_inference"):
+        MethodSettings("lpbnn", latent_inference="median")

@@ -11,7 +11,7 @@ into the method the user picks:
 | ensemble        | K plain models, each its own init  | `join_ensemble`: probabilities avg. |
 | batchensemble   | `convert(..., "batchensemble", K)` | K members tiled inside, averaged    |
 | rank1           | `convert(..., "rank1", K)`         | K members x `num_eval_samples`      |
-| lpbnn           | `convert(..., "lpbnn", K)`         | K members, latent means             |
+| lpbnn           | `convert(..., "lpbnn", K)`         | K members, latent means (or samples)|
 | bella           | `to_bella(pretrained, particles)`  | particles' probabilities averaged   |
 
 Bella starts from `pretrained_checkpoint` (a finished run's directory, a
@@ -39,6 +39,7 @@ FACTOR_INITIALIZERS = ("trainable_normal", "trainable_cauchy", "random_sign", "o
 TRAINING_LIKELIHOODS = ("average", "mixture")
 TRAINING_BATCHES = ("tile", "split")
 BELLA_TRAINERS = ("ensemble", "svgd")
+LATENT_INFERENCE = ("mean", "sample")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,8 @@ class MethodSettings:
             cheaper steps; the batch must divide by K).
         latent_dim, latent_loss_weight: LP-BNN's VAE latent size and the
             weight of its (layer-averaged) reconstruction + KL loss.
+        latent_inference: LP-BNN at evaluation: "mean" (z = mu, one pass, the
+            paper's) or "sample" (draw z; `num_eval_samples` passes averaged).
         bella_rank, bella_num_particles: Bella's perturbation rank and number
             of particles (its K).
         bella_trainer: "ensemble" (each particle its own loss and data order)
@@ -99,6 +102,7 @@ class MethodSettings:
     training_batch: str = "tile"
     latent_dim: int = 32
     latent_loss_weight: float = 1.0
+    latent_inference: str = "mean"
     bella_rank: int = 4
     bella_num_particles: int = 3
     bella_trainer: str = "ensemble"
@@ -121,6 +125,7 @@ class MethodSettings:
         validation.check_choice(self.training_batch, "training_batch", TRAINING_BATCHES)
         validation.check_positive_int(self.latent_dim, "latent_dim")
         validation.check_non_negative_finite(self.latent_loss_weight, "latent_loss_weight")
+        validation.check_choice(self.latent_inference, "latent_inference", LATENT_INFERENCE)
         validation.check_positive_int(self.bella_rank, "bella_rank")
         validation.check_positive_int(self.bella_num_particles, "bella_num_particles")
         validation.check_choice(self.bella_trainer, "bella_trainer", BELLA_TRAINERS)
@@ -171,7 +176,8 @@ class MethodSettings:
     @property
     def eval_samples(self):
         """Forward passes at evaluation (1 for the deterministic methods)."""
-        return self.num_eval_samples if self.method in _STOCHASTIC_METHODS else 1
+        sampled_latents = self.method == "lpbnn" and self.latent_inference == "sample"
+        return self.num_eval_samples if self.method in _STOCHASTIC_METHODS or sampled_latents else 1
 
 
 _TILED_METHODS = {"batchensemble", "rank1", "lpbnn", "bella"}
@@ -240,7 +246,11 @@ def _converted(method_name):
         settings_for_method = settings
         extra = {}
         if method_name == "lpbnn":
-            extra = {"latent_dim": settings.latent_dim, "latent_loss_weight": settings.latent_loss_weight}
+            extra = {
+                "latent_dim": settings.latent_dim,
+                "latent_loss_weight": settings.latent_loss_weight,
+                "inference": settings.latent_inference,
+            }
         if method_name in ("batchensemble", "lpbnn"):
             families = [
                 "random_sign" if f.startswith("trainable") else f
