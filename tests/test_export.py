@@ -176,7 +176,7 @@ def _tiny_resnet50():
     [
         pytest.param(_tiny_wide_resnet, (8, 8, 3), "rank1", marks=pytest.mark.slow),
         (_tiny_wide_resnet, (8, 8, 3), "ensemble"),
-        (_tiny_resnet50, (32, 32, 3), "deterministic"),
+        pytest.param(_tiny_resnet50, (32, 32, 3), "deterministic", marks=pytest.mark.slow),
         pytest.param(_tiny_resnet50, (32, 32, 3), "batchensemble", marks=pytest.mark.slow),
         pytest.param(_tiny_resnet50, (32, 32, 3), "rank1", marks=pytest.mark.slow),
     ],
@@ -366,6 +366,7 @@ def test_export_binary_serves_the_trained_run(tmp_path, method):
         export_run(run, exported)
 
 
+@pytest.mark.slow  # a subprocess; the library path of the same errors runs in the default suite
 def test_export_binary_reports_bad_checkpoints_in_one_line(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "baselines.export", f"--checkpoint={tmp_path}", f"--output_dir={tmp_path / 'x'}"],
