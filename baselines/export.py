@@ -18,7 +18,6 @@ complete; an existing `--output_dir` is replaced only with `--overwrite`.
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 from absl import app, flags
@@ -121,4 +120,3 @@ if __name__ == "__main__":
     from baselines import common
 
     common.run(main)
-    sys.exit(0)

@@ -69,7 +69,7 @@ COLUMNS = (
 )
 
 
-def _settings(name, dataset, seed, quick, train_size, pretrained):
+def _settings(name, dataset, seed, quick, pretrained):
     from rank1_keras.models.methods import MethodSettings
     from rank1_keras.training.loop import TrainingSettings
     from rank1_keras.training.tasks import TaskOptions
@@ -81,7 +81,8 @@ def _settings(name, dataset, seed, quick, train_size, pretrained):
         training["kl_annealing_epochs"] = max(1.0, training["kl_annealing_epochs"] * QUICK_EPOCH_FRACTION)
     overrides = dict(dict(METHODS)[name])
     method = MethodSettings(
-        ensemble_size=4, train_size=train_size, prior_stddev=0.1, random_sign_init=-0.5, num_eval_samples=4,
+        ensemble_size=4, prior_stddev=0.1,  # train_size: run_experiment sets the task's
+        random_sign_init=-0.5, num_eval_samples=4,
         dropout_rate=0.1, pretrained_checkpoint=pretrained, **overrides,
     )
     options = TaskOptions(validation_percent=10.0, dropout_rate=0.1 if method.method == "dropout" else 0.0, **task)
@@ -99,7 +100,7 @@ def run_dataset(dataset, quick, work_dir, log=print):
         for name, _ in METHODS:
             run_dir = os.path.join(work_dir, dataset, f"seed{seed}", name.replace(" ", "_").replace("(", "").replace(")", ""))
             pretrained = os.path.join(work_dir, dataset, f"seed{seed}", "deterministic") if name == "bella" else None
-            method, training, options = _settings(name, dataset, seed, quick, 1, pretrained)
+            method, training, options = _settings(name, dataset, seed, quick, pretrained)
             if options not in tasks:
                 tasks[options] = load_task(dataset, options)
             start = time.perf_counter()
@@ -208,7 +209,7 @@ def run(quick, output_dir, log=print, datasets=None):
         for dataset in datasets:
             log(f"quality: {dataset}")
             results = run_dataset(dataset, quick, work_dir, log)
-            method, training, options = _settings("deterministic", dataset, 0, quick, 1, None)
+            method, training, options = _settings("deterministic", dataset, 0, quick, None)
             markdown.append(
                 f"### {dataset}\n\n{len(SEEDS)} seeds, {training.train_epochs} epochs, Adam "
                 f"{training.base_learning_rate:g}, batch {training.per_replica_batch_size}, K=4 (Bella: 3 particles, "

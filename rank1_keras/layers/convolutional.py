@@ -27,7 +27,52 @@ def _normalize_tuple(value, rank, name):
     return values
 
 
-class _ConvRank1(Rank1Mixin, keras.layers.Layer):
+class ConvolutionMixin:
+    """Convolution arguments and the convolution itself, for every convolutional layer of the package.
+
+    `_init_convolution` validates and stores `filters`, `kernel_size`,
+    `strides`, `padding` (Conv1D also takes "causal"), `data_format` and
+    `dilation_rate` as `keras.layers.Conv*D` does; `_convolve` applies a
+    kernel with them.
+    """
+
+    def _init_convolution(self, spatial_rank, filters, kernel_size, strides, padding, data_format, dilation_rate):
+        self.filters = validation.check_positive_int(filters, "filters")
+        self.kernel_size = _normalize_tuple(kernel_size, spatial_rank, "kernel_size")
+        self.strides = _normalize_tuple(strides, spatial_rank, "strides")
+        self.dilation_rate = _normalize_tuple(dilation_rate, spatial_rank, "dilation_rate")
+        self.padding = validation.check_choice(
+            padding.lower() if isinstance(padding, str) else padding, "padding", _PADDINGS[spatial_rank]
+        )
+        self.data_format = validation.check_choice(
+            data_format or keras.config.image_data_format(),
+            "data_format",
+            ("channels_last", "channels_first"),
+        )
+
+    @property
+    def _channel_axis(self):
+        return -1 if self.data_format == "channels_last" else 1
+
+    def _convolve(self, inputs, kernel):
+        padding = self.padding
+        if padding == "causal":
+            # Left-pad the time axis so output t sees inputs <= t (as keras.layers.Conv1D).
+            left = self.dilation_rate[0] * (self.kernel_size[0] - 1)
+            pad = [[0, 0], [left, 0], [0, 0]] if self.data_format == "channels_last" else [[0, 0], [0, 0], [left, 0]]
+            inputs = tf.pad(inputs, pad)
+            padding = "valid"
+        return keras.ops.conv(
+            inputs,
+            kernel,
+            strides=self.strides,
+            padding=padding,
+            data_format=self.data_format,
+            dilation_rate=self.dilation_rate,
+        )
+
+
+class _ConvRank1(ConvolutionMixin, Rank1Mixin, keras.layers.Layer):
     """N-D convolution with rank-1 factors; see `Conv2DRank1` for the arguments."""
 
     def __init__(
@@ -63,18 +108,7 @@ class _ConvRank1(Rank1Mixin, keras.layers.Layer):
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.rank = rank
-        self.filters = validation.check_positive_int(filters, "filters")
-        self.kernel_size = _normalize_tuple(kernel_size, rank, "kernel_size")
-        self.strides = _normalize_tuple(strides, rank, "strides")
-        self.dilation_rate = _normalize_tuple(dilation_rate, rank, "dilation_rate")
-        self.padding = validation.check_choice(
-            padding.lower() if isinstance(padding, str) else padding, "padding", _PADDINGS[rank]
-        )
-        self.data_format = validation.check_choice(
-            data_format or keras.config.image_data_format(),
-            "data_format",
-            ("channels_last", "channels_first"),
-        )
+        self._init_convolution(rank, filters, kernel_size, strides, padding, data_format, dilation_rate)
         self._init_rank1(ensemble_size, use_additive_perturbation, sample_per_example, inference, seed)
         self.activation = keras.activations.get(activation)
         self.use_bias = use_bias
@@ -84,12 +118,8 @@ class _ConvRank1(Rank1Mixin, keras.layers.Layer):
         )
         self.input_spec = keras.layers.InputSpec(ndim=rank + 2)
 
-    @property
-    def _channel_axis(self):
-        return -1 if self.data_format == "channels_last" else 1
-
     def build(self, input_shape):
-        channel_axis = -1 if self.data_format == "channels_last" else 1
+        channel_axis = self._channel_axis
         input_channels = input_shape[channel_axis]
         if input_channels is None:
             raise ValueError(
@@ -107,23 +137,6 @@ class _ConvRank1(Rank1Mixin, keras.layers.Layer):
         if self.use_bias:
             self._add_member_factor("bias", self.filters, self.bias_initializer, self.bias_regularizer, self.bias_constraint)
         self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2, axes={channel_axis: input_channels})
-
-    def _convolve(self, inputs, kernel):
-        padding = self.padding
-        if padding == "causal":
-            # Left-pad the time axis so output t sees inputs <= t (as keras.layers.Conv1D).
-            left = self.dilation_rate[0] * (self.kernel_size[0] - 1)
-            pad = [[0, 0], [left, 0], [0, 0]] if self.data_format == "channels_last" else [[0, 0], [0, 0], [left, 0]]
-            inputs = tf.pad(inputs, pad)
-            padding = "valid"
-        return keras.ops.conv(
-            inputs,
-            kernel,
-            strides=self.strides,
-            padding=padding,
-            data_format=self.data_format,
-            dilation_rate=self.dilation_rate,
-        )
 
     def _kernel_op(self, inputs):
         return self._convolve(inputs, tf.convert_to_tensor(self.kernel))

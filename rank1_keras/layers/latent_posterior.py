@@ -258,18 +258,8 @@ class DenseLatentPosterior(LatentPosteriorMixin, DenseBatchEnsemble):
         self._init_latent_posterior(("alpha",), latent_dim, latent_loss_weight)
 
 
-@keras.saving.register_keras_serializable(package="rank1_keras")
-class Conv1DLatentPosterior(LatentPosteriorMixin, Conv1DBatchEnsemble):
-    """LP-BNN 1-D convolution: alpha (input channels) is encoded by a VAE.
-
-    y_k = activation(conv(x o r_hat_k, W) o s_k + b_k); conv arguments as
-    `keras.layers.Conv1D` (`padding` may be "causal").
-    %s
-    Example:
-
-    >>> Conv1DLatentPosterior(8, 3, ensemble_size=2)(tf.ones((4, 10, 3))).shape
-    TensorShape([4, 8, 8])
-    """
+class _ConvLatentPosterior(LatentPosteriorMixin):
+    """The constructor the LP-BNN convolutions share; mixed in before a BatchEnsemble convolution."""
 
     _factor_argument_names = ("alpha", "gamma")
 
@@ -289,7 +279,22 @@ class Conv1DLatentPosterior(LatentPosteriorMixin, Conv1DBatchEnsemble):
 
 
 @keras.saving.register_keras_serializable(package="rank1_keras")
-class Conv2DLatentPosterior(LatentPosteriorMixin, Conv2DBatchEnsemble):
+class Conv1DLatentPosterior(_ConvLatentPosterior, Conv1DBatchEnsemble):
+    """LP-BNN 1-D convolution: alpha (input channels) is encoded by a VAE.
+
+    y_k = activation(conv(x o r_hat_k, W) o s_k + b_k); conv arguments as
+    `keras.layers.Conv1D` (`padding` may be "causal").
+    %s
+    Example:
+
+    >>> Conv1DLatentPosterior(8, 3, ensemble_size=2)(tf.ones((4, 10, 3))).shape
+    TensorShape([4, 8, 8])
+    """
+
+
+
+@keras.saving.register_keras_serializable(package="rank1_keras")
+class Conv2DLatentPosterior(_ConvLatentPosterior, Conv2DBatchEnsemble):
     """LP-BNN 2-D convolution: alpha (input channels) is encoded by a VAE.
 
     y_k = activation(conv(x o r_hat_k, W) o s_k + b_k); conv arguments as
@@ -302,21 +307,6 @@ class Conv2DLatentPosterior(LatentPosteriorMixin, Conv2DBatchEnsemble):
     TensorShape([4, 5, 5, 8])
     """
 
-    _factor_argument_names = ("alpha", "gamma")
-
-    def __init__(
-        self,
-        filters,
-        kernel_size,
-        ensemble_size=4,
-        latent_dim=32,
-        latent_loss_weight=1.0,
-        inference="mean",
-        seed=None,
-        **kwargs,
-    ):
-        super().__init__(filters, kernel_size, ensemble_size=ensemble_size, inference=inference, seed=seed, **kwargs)
-        self._init_latent_posterior(("alpha",), latent_dim, latent_loss_weight)
 
 
 @keras.saving.register_keras_serializable(package="rank1_keras")

@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from rank1_keras import validation
-from rank1_keras.layers.convolutional import _PADDINGS, _normalize_tuple
+from rank1_keras.layers.convolutional import ConvolutionMixin
 from rank1_keras.layers.rank1_mechanics import split_into_members
 
 
@@ -224,7 +224,7 @@ class DenseLowRankEnsemble(LowRankEnsembleMixin, keras.layers.Layer):
         return config
 
 
-class _ConvLowRankEnsemble(LowRankEnsembleMixin, keras.layers.Layer):
+class _ConvLowRankEnsemble(ConvolutionMixin, LowRankEnsembleMixin, keras.layers.Layer):
     """N-D convolution with a frozen kernel and K low-rank perturbations; see `Conv2DLowRankEnsemble`."""
 
     spatial_rank = None  # the number of spatial axes, set by the subclasses
@@ -249,28 +249,12 @@ class _ConvLowRankEnsemble(LowRankEnsembleMixin, keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         # `rank` is the perturbation's rank; the number of spatial axes is `spatial_rank`.
-        spatial_rank = self.spatial_rank
-        self.filters = validation.check_positive_int(filters, "filters")
-        self.kernel_size = _normalize_tuple(kernel_size, spatial_rank, "kernel_size")
-        self.strides = _normalize_tuple(strides, spatial_rank, "strides")
-        self.dilation_rate = _normalize_tuple(dilation_rate, spatial_rank, "dilation_rate")
-        self.padding = validation.check_choice(
-            padding.lower() if isinstance(padding, str) else padding, "padding", _PADDINGS[spatial_rank]
-        )
-        self.data_format = validation.check_choice(
-            data_format or keras.config.image_data_format(),
-            "data_format",
-            ("channels_last", "channels_first"),
-        )
+        self._init_convolution(self.spatial_rank, filters, kernel_size, strides, padding, data_format, dilation_rate)
         self._init_low_rank(
             ensemble_size, rank, perturbation_scale, use_bias, kernel_initializer, bias_initializer, seed
         )
         self.activation = keras.activations.get(activation)
-        self.input_spec = keras.layers.InputSpec(ndim=spatial_rank + 2)
-
-    @property
-    def _channel_axis(self):
-        return -1 if self.data_format == "channels_last" else 1
+        self.input_spec = keras.layers.InputSpec(ndim=self.spatial_rank + 2)
 
     def build(self, input_shape):
         input_channels = input_shape[self._channel_axis]
@@ -282,23 +266,6 @@ class _ConvLowRankEnsemble(LowRankEnsembleMixin, keras.layers.Layer):
         self._build_perturbation(self.kernel_size + (input_channels, self.rank), self.filters)
         self.input_spec = keras.layers.InputSpec(
             ndim=self.spatial_rank + 2, axes={self._channel_axis: input_channels}
-        )
-
-    def _convolve(self, inputs, kernel):
-        padding = self.padding
-        if padding == "causal":
-            # Left-pad the time axis so output t sees inputs <= t (as keras.layers.Conv1D).
-            left = self.dilation_rate[0] * (self.kernel_size[0] - 1)
-            pad = [[0, 0], [left, 0], [0, 0]] if self.data_format == "channels_last" else [[0, 0], [0, 0], [left, 0]]
-            inputs = tf.pad(inputs, pad)
-            padding = "valid"
-        return keras.ops.conv(
-            inputs,
-            kernel,
-            strides=self.strides,
-            padding=padding,
-            data_format=self.data_format,
-            dilation_rate=self.dilation_rate,
         )
 
     def call(self, inputs):
