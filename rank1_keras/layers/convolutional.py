@@ -72,6 +72,34 @@ class ConvolutionMixin:
         )
 
 
+    def _convolution_config(self):
+        return {
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "data_format": self.data_format,
+            "dilation_rate": self.dilation_rate,
+        }
+
+    def compute_output_shape(self, input_shape):
+        spatial_rank = len(self.kernel_size)
+        first = 1 if self.data_format == "channels_last" else 2
+        spatial = []
+        for i, axis in enumerate(range(first, first + spatial_rank)):
+            size = input_shape[axis]
+            if size is None:
+                spatial.append(None)
+                continue
+            window = self.dilation_rate[i] * (self.kernel_size[i] - 1) + 1
+            if self.padding == "valid":
+                size = size - window + 1
+            spatial.append(-(-size // self.strides[i]))
+        if self.data_format == "channels_last":
+            return (input_shape[0], *spatial, self.filters)
+        return (input_shape[0], self.filters, *spatial)
+
+
 class _ConvRank1(ConvolutionMixin, Rank1Mixin, keras.layers.Layer):
     """N-D convolution with rank-1 factors; see `Conv2DRank1` for the arguments."""
 
@@ -162,34 +190,13 @@ class _ConvRank1(ConvolutionMixin, Rank1Mixin, keras.layers.Layer):
             outputs = self.activation(outputs)
         return outputs
 
-    def compute_output_shape(self, input_shape):
-        spatial_axes = range(1, self.rank + 1) if self.data_format == "channels_last" else range(2, self.rank + 2)
-        spatial = []
-        for i, axis in enumerate(spatial_axes):
-            size = input_shape[axis]
-            if size is None:
-                spatial.append(None)
-                continue
-            window = self.dilation_rate[i] * (self.kernel_size[i] - 1) + 1
-            if self.padding == "valid":
-                size = size - window + 1
-            spatial.append(-(-size // self.strides[i]))
-        if self.data_format == "channels_last":
-            return (input_shape[0], *spatial, self.filters)
-        return (input_shape[0], self.filters, *spatial)
-
     def get_config(self):
         config = super().get_config()
         config.update(self._rank1_config())
         config.update(serialize_factor_arguments(self, _FACTORS))
+        config.update(self._convolution_config())
         config.update(
             {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "strides": self.strides,
-                "padding": self.padding,
-                "data_format": self.data_format,
-                "dilation_rate": self.dilation_rate,
                 "activation": keras.activations.serialize(self.activation),
                 "use_bias": self.use_bias,
             }

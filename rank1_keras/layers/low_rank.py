@@ -294,37 +294,10 @@ class _ConvLowRankEnsemble(ConvolutionMixin, LowRankEnsembleMixin, keras.layers.
             deltas.append(delta)
         return tf.concat(deltas, axis=0)
 
-    def compute_output_shape(self, input_shape):
-        spatial_axes = (
-            range(1, self.spatial_rank + 1) if self.data_format == "channels_last" else range(2, self.spatial_rank + 2)
-        )
-        spatial = []
-        for i, axis in enumerate(spatial_axes):
-            size = input_shape[axis]
-            if size is None:
-                spatial.append(None)
-                continue
-            window = self.dilation_rate[i] * (self.kernel_size[i] - 1) + 1
-            if self.padding == "valid":
-                size = size - window + 1
-            spatial.append(-(-size // self.strides[i]))
-        if self.data_format == "channels_last":
-            return (input_shape[0], *spatial, self.filters)
-        return (input_shape[0], self.filters, *spatial)
-
     def get_config(self):
         config = super().get_config()
         config.update(self._low_rank_config())
-        config.update(
-            {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "strides": self.strides,
-                "padding": self.padding,
-                "data_format": self.data_format,
-                "dilation_rate": self.dilation_rate,
-            }
-        )
+        config.update(self._convolution_config())
         return config
 
 
