@@ -199,7 +199,18 @@ def plain_wrn_parameters():
     return _trainable_parameters(wide_resnet(10, 1, 10, (32, 32, 3)))
 
 
-@pytest.mark.parametrize("method", ["deterministic", "dropout", "ensemble", "batchensemble", "rank1"])
+# MC dropout and the deep ensemble also train end to end in the main-job test
+# (test_training.py, Fashion-MNIST); their CIFAR-10 runs are slow (suite time).
+@pytest.mark.parametrize(
+    "method",
+    [
+        "deterministic",
+        pytest.param("dropout", marks=pytest.mark.slow),
+        pytest.param("ensemble", marks=pytest.mark.slow),
+        "batchensemble",
+        "rank1",
+    ],
+)
 def test_cifar10_every_method(tmp_path, method, plain_wrn_parameters):
     output_dir = str(tmp_path / "run")
     settings = MethodSettings(method=method, ensemble_size=2)

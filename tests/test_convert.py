@@ -318,7 +318,8 @@ def _accuracy(model, x, y):
     "method,kwargs,loss",
     [
         ("rank1", {}, "average_nll"),
-        ("batchensemble", {}, "average_nll"),
+        # BatchEnsemble learning also runs in the main-job test; this variant is slow (suite time).
+        pytest.param("batchensemble", {}, "average_nll", marks=pytest.mark.slow),
         ("batchensemble", {"training_batch": "split"}, "average_nll"),
         ("rank1", {"training_output": "average"}, "sparse_categorical_crossentropy"),
     ],
@@ -428,7 +429,15 @@ def _perturbed_conversion(originals, name, method):
     return converted, x, expected
 
 
-@pytest.mark.parametrize("name,method", SAVE_CASES)
+# Suite time: ResNet-50 round trips of the simpler methods run with -m slow; rank-1 (the
+# most weights per layer) stays in the default suite.
+@pytest.mark.parametrize(
+    "name,method",
+    [
+        pytest.param(*case, marks=pytest.mark.slow) if case[0] == "resnet50" and case[1] != "rank1" else case
+        for case in SAVE_CASES
+    ],
+)
 def test_keras_file_round_trip(originals, name, method, tmp_path):
     converted, x, expected = _perturbed_conversion(originals, name, method)
     path = str(tmp_path / "converted.keras")

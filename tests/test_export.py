@@ -70,6 +70,7 @@ def test_rank1_samples_like_the_keras_model_from_the_saved_random_state(tmp_path
     assert served["mutual_information"].min() > 0  # sampled members disagree a little
 
 
+@pytest.mark.slow  # suite time; test_saved_model_cli_show_and_run loads an export in a fresh process too
 def test_fresh_load_without_the_package_answers_the_same(tmp_path):
     model = _model("rank1")
     path = export_for_serving(model, str(tmp_path / "rank1"), num_samples=3, seed=None)

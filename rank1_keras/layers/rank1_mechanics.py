@@ -241,6 +241,10 @@ class Rank1Mixin:
     def _broadcast_factor(rows, rank, channel_axis):
         """Reshapes (K*B, dim) factor rows to broadcast on a rank-`rank` tensor
         whose channels sit at `channel_axis` (-1 channels_last, 1 channels_first)."""
+        if rank == 2:
+            # Already (rows, channels). A no-op Reshape would still cost an op
+            # launch per LSTM time step, forward and backward.
+            return rows
         shape = [1] * rank
         shape[0], shape[channel_axis % rank] = -1, rows.shape[-1]
         return tf.reshape(rows, shape)
