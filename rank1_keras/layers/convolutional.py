@@ -71,7 +71,6 @@ class ConvolutionMixin:
             dilation_rate=self.dilation_rate,
         )
 
-
     def _convolution_config(self):
         return {
             "filters": self.filters,

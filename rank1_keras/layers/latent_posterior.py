@@ -292,7 +292,6 @@ class Conv1DLatentPosterior(_ConvLatentPosterior, Conv1DBatchEnsemble):
     """
 
 
-
 @keras.saving.register_keras_serializable(package="rank1_keras")
 class Conv2DLatentPosterior(_ConvLatentPosterior, Conv2DBatchEnsemble):
     """LP-BNN 2-D convolution: alpha (input channels) is encoded by a VAE.
@@ -306,7 +305,6 @@ class Conv2DLatentPosterior(_ConvLatentPosterior, Conv2DBatchEnsemble):
     >>> Conv2DLatentPosterior(8, 3, ensemble_size=2, padding="same")(tf.ones((4, 5, 5, 3))).shape
     TensorShape([4, 5, 5, 8])
     """
-
 
 
 @keras.saving.register_keras_serializable(package="rank1_keras")

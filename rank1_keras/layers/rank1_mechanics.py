@@ -240,7 +240,8 @@ class Rank1Mixin:
     @staticmethod
     def _broadcast_factor(rows, rank, channel_axis):
         """Reshapes (K*B, dim) factor rows to broadcast on a rank-`rank` tensor
-        whose channels sit at `channel_axis` (-1 channels_last, 1 channels_first)."""
+        whose channels sit at `channel_axis` (-1 channels_last, 1 channels_first);
+        rows for a rank-2 tensor are returned as they are."""
         if rank == 2:
             # Already (rows, channels). A no-op Reshape would still cost an op
             # launch per LSTM time step, forward and backward.
