@@ -21,8 +21,10 @@ import keras
 import numpy as np
 from keras.src.models.functional import Functional  # the class of functional models
 
+from rank1_keras import initializers as rank1_initializers
+from rank1_keras import regularizers as rank1_regularizers
 from rank1_keras import validation
-from rank1_keras.ensemble import TRAINING_BATCHES, TRAINING_OUTPUTS, AverageMembers, TileEnsemble
+from rank1_keras.ensemble import OUTPUT_TYPES, TRAINING_BATCHES, TRAINING_OUTPUTS, AverageMembers, MemberAxis, TileEnsemble
 from rank1_keras.layers import (
     Conv1DBatchEnsemble,
     Conv1DRank1,
@@ -34,6 +36,7 @@ from rank1_keras.layers import (
     LSTMCellRank1,
 )
 from rank1_keras.layers.dropout import MCDropout
+from rank1_keras.layers.gaussian import GaussianParameters
 from rank1_keras.layers.latent_posterior import (
     Conv1DLatentPosterior,
     Conv2DLatentPosterior,
@@ -222,6 +225,9 @@ class Method:
         finalize: None, or `finalize(converted_layers, options)`, called once
             the clone is built and its weights copied, with the layers the
             conversions created (an LSTM as its new `keras.layers.RNN`).
+        kl_factors: factor names (e.g. "alpha") whose default regularizer is
+            a KL divergence to the prior: `convert` scales it by 1/train_size
+            and refuses to run without `train_size`.
     """
 
     layer_conversions: dict
@@ -232,6 +238,7 @@ class Method:
     freezes_unconverted: bool = False
     passes_options: tuple = ()
     finalize: object = None
+    kl_factors: tuple = ()
 
 
 _METHODS = {}
@@ -264,6 +271,7 @@ register_method(
             keras.layers.LSTM: _convert_lstm(LSTMCellRank1),
         },
         layer_classes=(DenseRank1, Conv1DRank1, Conv2DRank1, LSTMCellRank1),
+        kl_factors=("alpha", "gamma", "recurrent_alpha", "recurrent_gamma"),
     ),
 )
 
@@ -326,6 +334,84 @@ def methods():
 # -- the converter ------------------------------------------------------------
 
 
+def _scaled_kl_options(spec, method, options, train_size, target_classes):
+    """The method's default KL regularizers, scaled by 1/train_size (explicit ones are kept).
+
+    `target_classes`: the classes this conversion creates; a factor counts
+    only if one of them has it (recurrent factors only with an LSTM).
+    """
+    accepted = set().union(*(_constructor_arguments(c) for c in target_classes)) if target_classes else set()
+    defaulted = []
+    for name in spec.kl_factors:
+        if f"{name}_regularizer" in options or f"{name}_regularizer" not in accepted:
+            continue  # the user's own regularizer, used as given; or no layer has this factor
+        initializer = rank1_initializers.get(options.get(f"{name}_initializer", "trainable_normal"), f"{name}_initializer")
+        if isinstance(initializer, rank1_initializers.TrainableInitializer):
+            defaulted.append(name)
+    if not defaulted:
+        return {}
+    if train_size is None:
+        raise ValueError(
+            f"train_size is required for method={method!r}: its default KL regularizers "
+            f"({', '.join(f'{name}_regularizer' for name in defaulted)}) are scaled by 1/train_size, so "
+            "the loss is the per-example negative ELBO. Pass train_size=N, the number of training "
+            "examples (or pass the regularizers yourself)."
+        )
+    return {
+        f"{name}_regularizer": rank1_regularizers.NormalKLDivergence(scale_factor=1.0 / train_size)
+        for name in defaulted
+    }
+
+
+_PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def _inferred_output_type(tensor):
+    """"probabilities" / "logits" / "gaussian" when the output's last layer says so, else None."""
+    layer = tensor._keras_history[0]
+    if isinstance(layer, GaussianParameters):
+        return "gaussian"
+    if isinstance(layer, keras.layers.Softmax):
+        return "probabilities"
+    activation = getattr(getattr(layer, "activation", None), "__name__", None)
+    if activation in _PROBABILITY_ACTIVATIONS:
+        return "probabilities"
+    if activation == "log_softmax":  # log-probabilities are valid logits
+        return "logits"
+    return None
+
+
+def _output_types(functional, output_type):
+    """One output type per model output: given, or read off the output layers."""
+    outputs = functional.outputs
+    if output_type is None or isinstance(output_type, str):
+        types = [output_type] * len(outputs)
+    else:
+        types = list(output_type)
+        if len(types) != len(outputs):
+            raise ValueError(
+                f"output_type must be one of {list(OUTPUT_TYPES)} or a list with one per model output "
+                f"({len(outputs)}); got output_type={output_type!r}."
+            )
+    resolved = []
+    for tensor, kind in zip(outputs, types):
+        if kind is None:
+            kind = _inferred_output_type(tensor)
+        if kind is None:
+            layer = tensor._keras_history[0]
+            activation = getattr(getattr(layer, "activation", None), "__name__", None)
+            raise ValueError(
+                f"output_type is needed: the model's output layer '{layer.name}' ({type(layer).__name__}"
+                f"{f', activation={activation!r}' if activation else ''}) ends without a softmax or sigmoid, so "
+                "its outputs could be logits or regression values. Pass output_type='logits' (a classifier "
+                "trained with from_logits=True: members are averaged as probabilities and returned as "
+                "logits), 'regression' (point predictions, averaged; train with MemberMeanSquaredError) or "
+                "'probabilities'. Gaussian heads end with rank1_keras.layers.GaussianParameters."
+            )
+        resolved.append(validation.check_choice(kind, "output_type", OUTPUT_TYPES))
+    return resolved
+
+
 def _conversion_for(layer, method):
     # Exact classes first (Conv1D is not a Conv2D), then subclasses, so a
     # user's Dense subclass still converts.
@@ -336,6 +422,19 @@ def _conversion_for(layer, method):
         if isinstance(layer, layer_class):
             return conversion
     return None
+
+
+def _target_classes(model, chosen, spec):
+    """The layer classes converting `model`'s chosen layers creates (`layer_classes` pairs with
+    `layer_conversions` in order)."""
+    pairs = list(zip(spec.layer_conversions, spec.layer_classes))
+    targets = set()
+    for layer in model.layers:
+        if id(layer) not in chosen:
+            continue
+        conversion = _conversion_for(layer, spec)
+        targets.update(target for keras_class, target in pairs if spec.layer_conversions[keras_class] is conversion)
+    return targets
 
 
 def _check_model(model):
@@ -387,6 +486,8 @@ def convert(
     training_output="members",
     num_samples=None,
     dropout_rate=None,
+    train_size=None,
+    output_type=None,
     **options,
 ):
     """Converts a Sequential or functional Keras model into `method`.
@@ -416,14 +517,29 @@ def convert(
         num_samples: alias of `ensemble_size` for "dropout".
         dropout_rate: for "dropout", insert `MCDropout(dropout_rate)` after each
             selected layer (for models that have no Dropout layers).
+        train_size: N, the number of training examples. Required by methods
+            whose layers carry a KL term ("rank1"): the default KL
+            regularizers get `scale_factor=1/N`, so the loss is the
+            per-example negative ELBO. Regularizers passed in `options` are
+            used as given.
+        output_type: what the model outputs, which says how members are
+            averaged: "probabilities" (softmax or sigmoid), "logits" (averaged
+            as probabilities, returned as the mixture's logits: train with
+            `from_logits=True`), "regression" (point predictions: their mean)
+            or "gaussian" (`GaussianParameters` heads: the mixture's mean and
+            standard deviation); a list for several outputs. None: read off
+            the output layer (softmax/sigmoid, `log_softmax`,
+            `GaussianParameters`); any other ending is an error asking for it.
         **options: passed to every converted layer's constructor, e.g.
             `alpha_initializer="ones", gamma_initializer="ones"`, KL
-            regularizers with `scale_factor=1/N`, `inference="mean"`.
+            regularizers, `inference="mean"`.
 
     Returns:
         A functional `keras.Model` with the same inputs as `model`. Shared
-        kernels and biases are copied from `model`, so every member starts
-        at the original; with factors at one it reproduces the original.
+        kernels and biases are copied from `model`; BatchEnsemble factors
+        start at random signs (members differ from the first step; with
+        `alpha_initializer="ones", gamma_initializer="ones"` the converted
+        model reproduces the original, and its members stay identical).
 
     Example:
 
@@ -458,8 +574,12 @@ def convert(
         raise ValueError(
             f"Unknown option(s) {unknown} for method={method!r}; layer options are {sorted(known)}."
         )
-
+    if train_size is not None:
+        train_size = validation.check_positive_int(train_size, "train_size")
     chosen = _selected(model, layers)
+    target_classes = _target_classes(model, chosen, spec)
+    options = {**options, **_scaled_kl_options(spec, method, options, train_size, target_classes)}
+    functional = model if isinstance(model, Functional) else keras.Model(model.inputs, model.outputs)
     copies = []  # weight-copy functions, run once the clone is built
     converted_layers = []  # the layers the conversions created, for spec.finalize
 
@@ -490,7 +610,6 @@ def convert(
             copies.append(lambda: new_layer.set_weights(layer.get_weights()))
         return new_layer
 
-    functional = model if isinstance(model, Functional) else keras.Model(model.inputs, model.outputs)
     # MC dropout goes after the chosen Dense/Conv layers (by default all but the outputs).
     inserted_after = set()
     if dropout_rate:
@@ -513,13 +632,15 @@ def convert(
     if spec.finalize is not None:
         spec.finalize(converted_layers, options)
 
+    output_types = _output_types(functional, output_type)
     inputs = _fresh_inputs(functional)
     tiled = [TileEnsemble(ensemble_size, training_batch, name=f"tile_{i}")(x) for i, x in enumerate(inputs)]
     core_model = keras.Model(core.inputs, core.outputs, name=f"{model.name}{_CORE_SUFFIX}")
     member_outputs_ = core_model(tiled if len(tiled) > 1 else tiled[0])
     member_outputs_ = member_outputs_ if isinstance(member_outputs_, (list, tuple)) else [member_outputs_]
     outputs = [
-        AverageMembers(ensemble_size, training_output, name=f"average_{i}")(y) for i, y in enumerate(member_outputs_)
+        AverageMembers(ensemble_size, training_output, output_types[i], name=f"average_{i}")(y)
+        for i, y in enumerate(member_outputs_)
     ]
     return keras.Model(
         inputs if len(inputs) > 1 else inputs[0],
@@ -536,12 +657,14 @@ def _fresh_inputs(functional):
     ]
 
 
-def join_ensemble(models, training_output="members", name="deep_ensemble"):
+def join_ensemble(models, training_output="members", name="deep_ensemble", output_type=None):
     """Joins K trained models of one architecture into one ensemble model.
 
     The result has the interface of a converted model: the same plain inputs,
     member-averaged outputs at inference, member rows (K*B, block order) in
     training with `training_output="members"`, and `member_outputs` works.
+    `output_type` says how members are averaged, as in `convert` (None: read
+    off the output layer).
     Each member is a nested copy sharing the given model's weights.
 
     Example:
@@ -578,7 +701,11 @@ def join_ensemble(models, training_output="members", name="deep_ensemble"):
         StackMembers(name=f"stack_{i}")([result[i] for result in member_results])
         for i in range(len(member_results[0]))
     ]
-    outputs = [AverageMembers(ensemble_size, training_output, name=f"average_{i}")(y) for i, y in enumerate(stacked)]
+    output_types = _output_types(functional, output_type)
+    outputs = [
+        AverageMembers(ensemble_size, training_output, output_types[i], name=f"average_{i}")(y)
+        for i, y in enumerate(stacked)
+    ]
     return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0], name=name)
 
 
@@ -646,19 +773,37 @@ def conversion_summary(original, converted):
 
 
 def member_outputs(converted):
-    """A model sharing `converted`'s layers that returns the member rows (K*B, ...).
+    """A model sharing `converted`'s layers that returns each example's members: (B, K, ...).
 
-    Works for `convert` and `join_ensemble` models. Use it for diversity
-    metrics: rows [k*B, (k+1)*B) are member k's outputs.
+    Works for `convert` and `join_ensemble` models. Member k's output for
+    example b is `result[b, k]` whatever batch size `predict` uses. Outputs
+    are the members' own (probabilities, logits, regression values or
+    Gaussian heads, as `member_output_types` says); use them for diversity
+    metrics.
+
+    Example:
+
+        members = member_outputs(converted).predict(x)    # (N, K, C)
+        member_2_probabilities = members[:, 2]
     """
+    heads = _average_heads(converted)
+    member_rows = [MemberAxis(layer.ensemble_size, name=f"{layer.name}_members")(layer.input) for layer in heads]
+    return keras.Model(converted.input, member_rows if len(member_rows) > 1 else member_rows[0])
+
+
+def member_output_types(converted):
+    """What each output's members give: "probabilities", "logits", "regression" or "gaussian"."""
+    return [layer.output_type for layer in _average_heads(converted)]
+
+
+def _average_heads(converted):
     heads = [layer for layer in converted.layers if isinstance(layer, AverageMembers)]
     if not heads:
         raise ValueError(
             f"converted must come from rank1_keras.convert or join_ensemble (it has no AverageMembers "
             f"layer); got the model '{converted.name}'."
         )
-    member_rows = [layer.input for layer in heads]
-    return keras.Model(converted.input, member_rows if len(member_rows) > 1 else member_rows[0])
+    return heads
 
 
 def set_mc_dropout(model, active):

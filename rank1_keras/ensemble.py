@@ -39,6 +39,68 @@ def average_member_probabilities(probabilities, ensemble_size):
     return tf.reduce_mean(split_members(probabilities, ensemble_size), axis=0)
 
 
+OUTPUT_TYPES = ("probabilities", "logits", "regression", "gaussian")
+
+
+def average_members(outputs, ensemble_size, output_type="probabilities"):
+    """(K*B, ...) member outputs -> (B, ...) the ensemble's prediction, of the same kind.
+
+    - "probabilities": the mixture's probabilities (1/K) sum_k p_k.
+    - "logits": log of the mixture's probabilities, log (1/K) sum_k softmax(z_k)
+      (sigmoid for one unit): valid logits of the averaged distribution, so a
+      `from_logits=True` loss or metric reads them correctly. Never the mean logit.
+    - "regression": the members' mean prediction.
+    - "gaussian": (..., 2*D) heads of D means then D scales -> the mixture's
+      mean and standard deviation, sigma^2 = mean_k sigma_k^2 (aleatoric)
+      + var_k mu_k (epistemic).
+    """
+    members = split_members(outputs, ensemble_size)
+    if output_type in ("probabilities", "regression"):
+        return tf.reduce_mean(members, axis=0)
+    log_members = tf.math.log(tf.cast(ensemble_size, members.dtype))
+    if output_type == "logits":
+        if members.shape[-1] == 1:  # one sigmoid unit: logit of the mixture's p(y = 1)
+            log_positive = tf.reduce_logsumexp(tf.math.log_sigmoid(members), axis=0)
+            log_negative = tf.reduce_logsumexp(tf.math.log_sigmoid(-members), axis=0)
+            return log_positive - log_negative
+        return tf.reduce_logsumexp(tf.nn.log_softmax(members, axis=-1), axis=0) - log_members
+    if output_type == "gaussian":
+        mean, scale = gaussian_parts(members)
+        mixture_mean = tf.reduce_mean(mean, axis=0)
+        variance = tf.reduce_mean(tf.square(scale), axis=0) + tf.reduce_mean(tf.square(mean - mixture_mean), axis=0)
+        return tf.concat([mixture_mean, tf.sqrt(variance)], axis=-1)
+    raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}; got output_type={output_type!r}.")
+
+
+def class_probabilities(outputs, output_type="probabilities"):
+    """Class probabilities (..., C) from a classifier's outputs; one sigmoid unit -> (..., 2).
+
+    Raises:
+        ValueError: for regression outputs, which have no classes.
+    """
+    if output_type not in ("probabilities", "logits"):
+        raise ValueError(
+            f"class probabilities need a classifier's outputs (output_type 'probabilities' or 'logits'); "
+            f"got output_type={output_type!r}."
+        )
+    outputs = tf.convert_to_tensor(outputs)
+    if outputs.shape[-1] == 1:  # Bernoulli: p(y = 1) -> (p(0), p(1))
+        positive = tf.sigmoid(outputs) if output_type == "logits" else outputs
+        return tf.concat([1.0 - positive, positive], axis=-1)
+    return tf.nn.softmax(outputs, axis=-1) if output_type == "logits" else outputs
+
+
+def gaussian_parts(heads):
+    """(..., 2*D) Gaussian heads -> (means, scales), each (..., D)."""
+    width = heads.shape[-1]
+    if width is None or width % 2:
+        raise ValueError(
+            f"A Gaussian head has 2*D outputs (D means, then D scales) on its last axis; got shape "
+            f"{tuple(heads.shape)}. End the model with rank1_keras.layers.GaussianParameters()."
+        )
+    return heads[..., : width // 2], heads[..., width // 2 :]
+
+
 TRAINING_BATCHES = ("tile", "split")
 TRAINING_OUTPUTS = ("average", "members")
 
@@ -102,13 +164,18 @@ class TileEnsemble(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="rank1_keras")
 class AverageMembers(keras.layers.Layer):
-    """Averages (K*B, C) member probabilities into (B, C) ensemble probabilities.
+    """Averages (K*B, ...) member outputs into (B, ...) ensemble predictions.
 
     Args:
         ensemble_size: K.
         training_output: `"average"` (always average) or `"members"`: in
             training, return the member rows unchanged, so that a loss such as
             `AverageNLL(K)` sees every member; inference always averages.
+        output_type: what the members output, which says how to average
+            (`average_members`): `"probabilities"`, `"logits"` (the mixture's
+            probabilities, returned as logits), `"regression"` (point
+            predictions: their mean) or `"gaussian"` (mean and scale heads:
+            the mixture's mean and standard deviation).
 
     Example:
 
@@ -117,10 +184,11 @@ class AverageMembers(keras.layers.Layer):
     [[0.5, 0.5]]
     """
 
-    def __init__(self, ensemble_size, training_output="average", **kwargs):
+    def __init__(self, ensemble_size, training_output="average", output_type="probabilities", **kwargs):
         super().__init__(**kwargs)
         self.ensemble_size = validation.check_positive_int(ensemble_size, "ensemble_size")
         self.training_output = validation.check_choice(training_output, "training_output", TRAINING_OUTPUTS)
+        self.output_type = validation.check_choice(output_type, "output_type", OUTPUT_TYPES)
         self.supports_masking = True
 
     def call(self, inputs, training=False):
@@ -128,7 +196,7 @@ class AverageMembers(keras.layers.Layer):
         self._averaged_in_last_call = not (training and self.training_output == "members")
         if not self._averaged_in_last_call:
             return inputs
-        return average_member_probabilities(inputs, self.ensemble_size)
+        return average_members(inputs, self.ensemble_size, self.output_type)
 
     def compute_mask(self, inputs, mask=None):
         # Members share the examples' masks: the first block is the plain batch's.
@@ -145,4 +213,40 @@ class AverageMembers(keras.layers.Layer):
             **super().get_config(),
             "ensemble_size": self.ensemble_size,
             "training_output": self.training_output,
+            "output_type": self.output_type,
         }
+
+
+@keras.saving.register_keras_serializable(package="rank1_keras")
+class MemberAxis(keras.layers.Layer):
+    """Moves the members from the rows to axis 1: (K*B, ...) block order -> (B, K, ...).
+
+    Row b of the result holds example b's K member outputs, so `predict`
+    batches it like any output and member k stays at index k whatever the
+    batch size.
+
+    Example:
+
+    >>> rows = tf.constant([[1.0], [2.0], [10.0], [20.0]])   # K=2 members, B=2 examples
+    >>> MemberAxis(2)(rows)[..., 0].numpy().tolist()
+    [[1.0, 10.0], [2.0, 20.0]]
+    """
+
+    def __init__(self, ensemble_size, **kwargs):
+        super().__init__(**kwargs)
+        self.ensemble_size = validation.check_positive_int(ensemble_size, "ensemble_size")
+        self.supports_masking = True
+
+    def call(self, inputs):
+        members = split_members(inputs, self.ensemble_size)
+        return tf.transpose(members, [1, 0] + list(range(2, len(members.shape))))
+
+    def compute_mask(self, inputs, mask=None):
+        return None if mask is None else split_members(mask, self.ensemble_size)[0]
+
+    def compute_output_shape(self, input_shape):
+        batch = input_shape[0]
+        return (None if batch is None else batch // self.ensemble_size, self.ensemble_size) + tuple(input_shape[1:])
+
+    def get_config(self):
+        return {**super().get_config(), "ensemble_size": self.ensemble_size}

@@ -42,8 +42,8 @@ import numpy as np
 import tensorflow as tf
 
 from rank1_keras import validation
-from rank1_keras.convert import member_outputs
-from rank1_keras.ensemble import AverageMembers
+from rank1_keras.convert import member_output_types, member_outputs
+from rank1_keras.ensemble import AverageMembers, class_probabilities
 
 SERVING_INPUT_KINDS = ("features", "images", "sequences")
 _INPUT_DTYPES = ("float32", "uint8")
@@ -278,9 +278,11 @@ def export_for_serving(model, path, num_samples=1, seed=0, serving_input=None):
     """Writes a SavedModel of `model` with the uncertainty signature above.
 
     Args:
-        model: a single-input Keras model returning class probabilities:
-            plain, or from `rank1_keras.convert` / `join_ensemble` (its K
-            member rows are read through `member_outputs`).
+        model: a single-input Keras classifier: a plain model returning
+            class probabilities, or one from `rank1_keras.convert` /
+            `join_ensemble` (its K members are read through `member_outputs`;
+            logits members, `output_type="logits"`, are turned into
+            probabilities before averaging). Regression models are refused.
         path: the SavedModel directory.
         num_samples: forward passes averaged per member (S); > 1 only helps
             stochastic models (rank-1 with sampling, MC dropout, LP-BNN).
@@ -306,6 +308,8 @@ def export_for_serving(model, path, num_samples=1, seed=0, serving_input=None):
         )
     has_members = any(isinstance(layer, AverageMembers) for layer in model.layers)
     rows_model = member_outputs(model) if has_members else model
+    output_type = member_output_types(model)[0] if has_members else "probabilities"
+    class_probabilities(tf.zeros((1, 2)), output_type)  # refuses regression models early
     model_shape = tuple(model.inputs[0].shape)
     spec, preprocess = _preprocessor(serving_input, model_shape)
     generators = seed_generators(rows_model)
@@ -316,12 +320,12 @@ def export_for_serving(model, path, num_samples=1, seed=0, serving_input=None):
             for generator, state in zip(generators, initial_states):
                 generator.state.assign(tf.constant(state, generator.state.dtype))
         inputs = preprocess(**raw)
-        batch = tf.shape(inputs)[0]
         passes = []
         for _ in range(num_samples):
-            rows = tf.cast(rows_model(inputs, training=False), tf.float32)
-            # Block order: rows [k*B, (k+1)*B) are member k's.
-            passes.append(tf.reshape(rows, tf.stack([-1, batch, tf.shape(rows)[-1]])))
+            outputs = tf.cast(rows_model(inputs, training=False), tf.float32)
+            # Members come on axis 1, (B, K, C); a plain model gives (B, C), one member.
+            members = tf.transpose(outputs, [1, 0, 2]) if has_members else outputs[None]
+            passes.append(class_probabilities(members, output_type))
         return uncertainty_outputs(tf.concat(passes, axis=0))
 
     archive = keras.export.ExportArchive()

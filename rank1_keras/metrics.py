@@ -75,6 +75,29 @@ def accuracy(probabilities, labels):
     return float(np.mean(np.argmax(probabilities, axis=1) == labels))
 
 
+def mean_iou(probabilities, labels):
+    """Mean intersection over union of the predicted and true class regions (segmentation).
+
+    ``IoU_c = |pred = c and y = c| / |pred = c or y = c|``, averaged over the
+    classes that occur in the predictions or the labels. Give every pixel as
+    one row (``(N * H * W, C)`` probabilities, flattened labels); leave
+    ignored pixels out before calling.
+
+    Example:
+
+    >>> mean_iou([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]], [0, 1, 1])   # class 0: 1/2, class 1: 1/2
+    0.5
+    """
+    probabilities, labels = _validate(probabilities, labels)
+    predictions = np.argmax(probabilities, axis=1)
+    scores = []
+    for c in range(probabilities.shape[1]):
+        union = np.sum((predictions == c) | (labels == c))
+        if union:
+            scores.append(np.sum((predictions == c) & (labels == c)) / union)
+    return float(np.mean(scores))
+
+
 def negative_log_likelihood(probabilities, labels):
     """Mean negative log-probability of the true labels, in nats.
 

@@ -12,6 +12,12 @@ def check_positive_int(value, name):
     return int(value)
 
 
+def check_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer; got {name}={value!r}.")
+    return int(value)
+
+
 def check_non_negative_int(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer; got {name}={value!r}.")

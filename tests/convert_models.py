@@ -164,13 +164,15 @@ def has_dropout(model):
 def convert_at_one(original, method, ensemble_size=3, **kwargs):
     """Converts `original` so that the result should reproduce it at inference.
 
-    batchensemble: factors "ones" (the default). rank1: posterior means one,
-    `inference="mean"`. dropout: the MCDropout layers switched off afterwards;
+    batchensemble: factors "ones" (asked for: the default is random signs).
+    rank1: posterior means one, `inference="mean"`, a train_size. dropout: the MCDropout layers switched off afterwards;
     models without Dropout layers get MCDropout inserted (`dropout_rate`) so
     the switch has something to act on.
     """
     if method == "rank1":
-        kwargs = {**unit_factor_options(), **kwargs}
+        kwargs = {**unit_factor_options(), "train_size": 1000, **kwargs}
+    if method in ("batchensemble", "lpbnn"):
+        kwargs = {**{f"{side}_initializer": "ones" for side in ("alpha", "gamma", "recurrent_alpha", "recurrent_gamma")}, **kwargs}
     if method == "dropout" and not has_dropout(original):
         kwargs.setdefault("dropout_rate", 0.3)
     converted = r1.convert(original, method, ensemble_size=ensemble_size, **kwargs)

@@ -327,7 +327,7 @@ def test_l2_covers_the_documented_variables():
 def _factors_at_one(method):
     """convert() options under which the converted model reproduces the original."""
     if method == "batchensemble":
-        return {"alpha_initializer": "ones", "gamma_initializer": "ones"}
+        return {f"{side}_initializer": "ones" for side in ("alpha", "gamma", "recurrent_alpha", "recurrent_gamma")}
     if method == "rank1":
 
         def at_one():
@@ -339,6 +339,7 @@ def _factors_at_one(method):
             "recurrent_alpha_initializer": at_one(),
             "recurrent_gamma_initializer": at_one(),
             "inference": "mean",
+            "train_size": 1000,
         }
     return {}
 

@@ -184,7 +184,7 @@ def _check_reproduces(original, converted, inputs, tolerance=1e-6):
     expected = original(inputs, training=False)
     members = r1.member_outputs(converted)(inputs, training=False)
     for k in range(PARTICLES):
-        assert _max_error(members[k * len(inputs) : (k + 1) * len(inputs)], expected) < tolerance
+        assert _max_error(members[:, k], expected) < tolerance
     assert _max_error(converted(inputs, training=False), expected) < tolerance
 
 
@@ -267,7 +267,7 @@ def test_prediction_averages_probabilities():
     for layer in low_rank_layers(converted):
         layer.output_factor.assign(rng.normal(size=layer.output_factor.shape).astype(np.float32))
     x = rng.normal(size=(5, 4)).astype(np.float32)
-    members = r1.member_outputs(converted).predict(x, verbose=0).reshape(PARTICLES, 5, 3)
+    members = np.moveaxis(r1.member_outputs(converted).predict(x, verbose=0), 1, 0)  # (PARTICLES, 5, 3)
     prediction = converted.predict(x, verbose=0)
     assert _max_error(prediction, members.mean(axis=0)) < 1e-6
     # Averaging logits would give softmax(mean_k log p_k) instead, which differs here.

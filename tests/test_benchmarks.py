@@ -61,7 +61,7 @@ def test_parameter_breakdown_matches_a_hand_count():
     # Dense 5*3+3, BN 2*3 trainable (+ 2*3 moving statistics), Dense 3*2+2.
     assert dict(parameter_breakdown([plain])) == {"total": 32, "shared": 32, "all_weights": 38}
 
-    rank1 = convert(plain, "rank1", ensemble_size=2)
+    rank1 = convert(plain, "rank1", ensemble_size=2, train_size=100)
     counts = parameter_breakdown([rank1])
     # Shared kernels 15 + 6; factor means = scales: alpha 2*5 + gamma 2*3 + alpha 2*3 + gamma 2*2;
     # member biases 2*3 + 2*2; member BN gamma and beta 2 * 2*3. Not trainable: the member BN's

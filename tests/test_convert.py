@@ -119,11 +119,11 @@ def test_converted_model_at_unit_factors_reproduces_the_original(
     assert error <= TOLERANCE
 
     if name != "resnet50":  # (one more ResNet-50 pass would add little but time)
-        # Every member on its own reproduces the original too (block order).
-        rows = r1.member_outputs(converted)(x, training=False).numpy()
-        assert rows.shape[0] == ENSEMBLE_SIZE * len(x)
+        # Every member on its own reproduces the original too (members on axis 1).
+        members = r1.member_outputs(converted)(x, training=False).numpy()
+        assert members.shape[:2] == (len(x), ENSEMBLE_SIZE)
         for k in range(ENSEMBLE_SIZE):
-            assert _max_error(rows[k * len(x) : (k + 1) * len(x)], expected) <= TOLERANCE
+            assert _max_error(members[:, k], expected) <= TOLERANCE
 
     # The comparison is not vacuous: the layers really were converted.
     core_layers = cm.all_layers(_core(converted))
@@ -345,7 +345,7 @@ def test_conversion_of_a_trained_model_starts_from_its_weights(fashion):
     original.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy")
     original.fit(x_train, y_train, batch_size=BATCH, epochs=1, verbose=0)
     for method in ("batchensemble", "rank1"):
-        converted = r1.convert(original, method, ensemble_size=2)
+        converted = r1.convert(original, method, ensemble_size=2, train_size=len(x_train))
         core = _core(converted)
         for name in ("conv_a", "conv_b", "head"):
             source, target = original.get_layer(name), core.get_layer(name)
@@ -354,8 +354,8 @@ def test_conversion_of_a_trained_model_starts_from_its_weights(fashion):
             np.testing.assert_array_equal(bias, np.stack([source.bias.numpy()] * 2))
         # The kernels are copies, not the original's variables: training one leaves the other.
         assert core.get_layer("conv_a").kernel is not original.get_layer("conv_a").kernel
-    # BatchEnsemble at unit factors predicts exactly what the trained original does.
-    converted = r1.convert(original, "batchensemble", ensemble_size=2)
+    # BatchEnsemble at unit factors (asked for) predicts exactly what the trained original does.
+    converted = r1.convert(original, "batchensemble", ensemble_size=2, alpha_initializer="ones", gamma_initializer="ones")
     x = x_test[:200]
     np.testing.assert_allclose(converted.predict(x, verbose=0), original.predict(x, verbose=0), atol=TOLERANCE)
     assert _accuracy(original, x_test, y_test) > 0.5
@@ -388,14 +388,14 @@ def test_split_training_batch_gives_each_member_its_own_block(model):
         x = rng.normal(size=(4, 5)).astype("float32")
     else:
         x = np.concatenate([cm.inputs_for("lstm", seed=1), cm.inputs_for("lstm", seed=2)])
-    members = r1.member_outputs(converted)(x).numpy()  # (2*4, C): member k on all four examples
-    assert _max_error(members[:4], members[4:]) > 1e-3  # the members differ
+    members = r1.member_outputs(converted)(x).numpy()  # (4, 2, C): member k on all four examples
+    assert _max_error(members[:, 0], members[:, 1]) > 1e-3  # the members differ
     training = converted(x, training=True).numpy()
-    assert training.shape == (4,) + members.shape[1:]
-    np.testing.assert_allclose(training[:2], members[0:2], atol=1e-6)  # member 0, examples 0-1
-    np.testing.assert_allclose(training[2:], members[6:8], atol=1e-6)  # member 1, examples 2-3
+    assert training.shape == (4,) + members.shape[2:]
+    np.testing.assert_allclose(training[:2], members[0:2, 0], atol=1e-6)  # member 0, examples 0-1
+    np.testing.assert_allclose(training[2:], members[2:4, 1], atol=1e-6)  # member 1, examples 2-3
     # Inference tiles as usual and averages.
-    np.testing.assert_allclose(converted(x).numpy(), (members[:4] + members[4:]) / 2, atol=1e-6)
+    np.testing.assert_allclose(converted(x).numpy(), members.mean(1), atol=1e-6)
     # An odd batch cannot be split between 2 members.
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="multiple of ensemble_size"):
         converted(x[:3], training=True)
@@ -406,12 +406,12 @@ def test_training_output(training_output):
     converted = r1.convert(_dense_net(0), "batchensemble", ensemble_size=3, training_output=training_output,
                            alpha_initializer="random_sign")
     x = np.random.default_rng(2).normal(size=(2, 5)).astype("float32")
-    members = r1.member_outputs(converted)(x).numpy().astype(np.float64)
+    members = r1.member_outputs(converted)(x).numpy().astype(np.float64)  # (2, 3, 4)
     training = converted(x, training=True).numpy()
-    if training_output == "members":
-        np.testing.assert_allclose(training, members, atol=1e-6)
+    if training_output == "members":  # K*B rows, block order
+        np.testing.assert_allclose(training, members.transpose(1, 0, 2).reshape(6, 4), atol=1e-6)
     else:
-        np.testing.assert_allclose(training, members.reshape(3, 2, 4).mean(0), atol=1e-6)
+        np.testing.assert_allclose(training, members.mean(1), atol=1e-6)
 
 
 # -- 4. saving, exporting, joining ----------------------------------------------
@@ -514,16 +514,18 @@ def test_join_ensemble_round_trips(joined_members, tmp_path):
 
 
 def test_member_outputs_of_a_joined_ensemble(joined_members, tmp_path):
-    """member_outputs rows [k*B, (k+1)*B) are member k, also after a reload."""
+    """member_outputs[:, k] is member k, also after a reload."""
     x, outputs = _joined_inputs_and_outputs(joined_members)
     ensemble = r1.join_ensemble(joined_members)
-    rows = r1.member_outputs(ensemble)(x).numpy()
+    members = r1.member_outputs(ensemble)(x).numpy()
     for k in range(3):
-        np.testing.assert_allclose(rows[2 * k : 2 * k + 2], outputs[k], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(members[:, k], outputs[k], atol=1e-6, rtol=0)
     path = str(tmp_path / "joined.keras")
     ensemble.save(path)
     restored = keras.saving.load_model(path)
-    np.testing.assert_allclose(r1.member_outputs(restored)(x).numpy(), outputs.reshape(6, 4), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        r1.member_outputs(restored)(x).numpy(), np.moveaxis(outputs, 0, 1), atol=1e-6, rtol=0
+    )
 
 
 def test_join_ensemble_of_sequential_models(originals):
@@ -558,7 +560,9 @@ def test_member_outputs_of_a_converted_model_match_numpy(originals):
     x = cm.inputs_for("mlp", batch_size=2)
     expected = np.stack([_numpy_batchensemble_mlp(_core(converted), x, k) for k in range(3)])
     assert _max_error(expected[0], expected[1]) > 1e-3
-    np.testing.assert_allclose(r1.member_outputs(converted)(x).numpy(), expected.reshape(6, 3), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        r1.member_outputs(converted)(x).numpy(), np.moveaxis(expected, 0, 1), atol=1e-6, rtol=0
+    )
     np.testing.assert_allclose(converted(x).numpy(), expected.mean(0), atol=1e-6, rtol=0)
 
 
@@ -593,35 +597,35 @@ def _grouped():
 
 
 BAD_CONVERSIONS = {
-    "subclassed model": (lambda: r1.convert(_subclassed(), "rank1"), r"model must be a Sequential or functional"),
-    "not a model": (lambda: r1.convert(keras.layers.Dense(2), "rank1"), r"model must be a keras\.Model"),
-    "unbuilt sequential": (lambda: r1.convert(keras.Sequential([keras.layers.Dense(2)]), "rank1"), r"model is an unbuilt"),
+    "subclassed model": (lambda: r1.convert(_subclassed(), "rank1", train_size=100), r"model must be a Sequential or functional"),
+    "not a model": (lambda: r1.convert(keras.layers.Dense(2), "rank1", train_size=100), r"model must be a keras\.Model"),
+    "unbuilt sequential": (lambda: r1.convert(keras.Sequential([keras.layers.Dense(2)]), "rank1", train_size=100), r"model is an unbuilt"),
     "nested model": (lambda: r1.convert(_nested(), "batchensemble"), r"model contains the nested model 'inner'"),
     "unknown method": (lambda: r1.convert(cm.build_mlp(), "mc_dropout"), r"method must be one of"),
-    "ensemble_size 0": (lambda: r1.convert(cm.build_mlp(), "rank1", ensemble_size=0), r"ensemble_size"),
-    "ensemble_size -1": (lambda: r1.convert(cm.build_mlp(), "rank1", ensemble_size=-1), r"ensemble_size"),
+    "ensemble_size 0": (lambda: r1.convert(cm.build_mlp(), "rank1", train_size=100, ensemble_size=0), r"ensemble_size"),
+    "ensemble_size -1": (lambda: r1.convert(cm.build_mlp(), "rank1", train_size=100, ensemble_size=-1), r"ensemble_size"),
     "ensemble_size 1.5": (lambda: r1.convert(cm.build_mlp(), "batchensemble", ensemble_size=1.5), r"ensemble_size"),
     "num_samples 0": (lambda: r1.convert(cm.build_mlp(), "dropout", num_samples=0), r"num_samples"),
     "num_samples -2": (lambda: r1.convert(cm.build_mlp(), "dropout", num_samples=-2), r"num_samples"),
-    "layers name": (lambda: r1.convert(cm.build_mlp(), "rank1", layers=["no_such_layer"]), r"layers entry 'no_such_layer'"),
-    "layers class": (lambda: r1.convert(cm.build_mlp(), "rank1", layers=[keras.layers.LSTM]), r"layers entry .*LSTM"),
-    "layers type": (lambda: r1.convert(cm.build_mlp(), "rank1", layers=[3]), r"layers entries"),
-    "num_samples with rank1": (lambda: r1.convert(cm.build_mlp(), "rank1", num_samples=4), r"num_samples"),
+    "layers name": (lambda: r1.convert(cm.build_mlp(), "rank1", train_size=100, layers=["no_such_layer"]), r"layers entry 'no_such_layer'"),
+    "layers class": (lambda: r1.convert(cm.build_mlp(), "rank1", train_size=100, layers=[keras.layers.LSTM]), r"layers entry .*LSTM"),
+    "layers type": (lambda: r1.convert(cm.build_mlp(), "rank1", train_size=100, layers=[3]), r"layers entries"),
+    "num_samples with rank1": (lambda: r1.convert(cm.build_mlp(), "rank1", train_size=100, num_samples=4), r"num_samples"),
     "num_samples with batchensemble": (
         lambda: r1.convert(cm.build_mlp(), "batchensemble", num_samples=4),
         r"num_samples",
     ),
-    "dropout_rate with rank1": (lambda: r1.convert(cm.build_mlp(), "rank1", dropout_rate=0.1), r"dropout_rate"),
+    "dropout_rate with rank1": (lambda: r1.convert(cm.build_mlp(), "rank1", train_size=100, dropout_rate=0.1), r"dropout_rate"),
     "dropout_rate 1.5": (lambda: r1.convert(cm.build_mlp(), "dropout", dropout_rate=1.5), r"dropout_rate"),
-    "batch_norm": (lambda: r1.convert(cm.build_cnn(), "rank1", batch_norm="per_example"), r"batch_norm"),
-    "training_batch": (lambda: r1.convert(cm.build_mlp(), "rank1", training_batch="shuffle"), r"training_batch"),
-    "training_output": (lambda: r1.convert(cm.build_mlp(), "rank1", training_output="mean"), r"training_output"),
+    "batch_norm": (lambda: r1.convert(cm.build_cnn(), "rank1", train_size=100, batch_norm="per_example"), r"batch_norm"),
+    "training_batch": (lambda: r1.convert(cm.build_mlp(), "rank1", train_size=100, training_batch="shuffle"), r"training_batch"),
+    "training_output": (lambda: r1.convert(cm.build_mlp(), "rank1", train_size=100, training_output="mean"), r"training_output"),
     "grouped conv": (lambda: r1.convert(_grouped(), "batchensemble"), r"layers: 'grouped' is a grouped convolution"),
     "grouped conv by name": (
-        lambda: r1.convert(_grouped(), "rank1", layers=["grouped"]),
+        lambda: r1.convert(_grouped(), "rank1", train_size=100, layers=["grouped"]),
         r"layers: 'grouped' is a grouped convolution",
     ),
-    "unknown layer option": (lambda: r1.convert(cm.build_mlp(), "rank1", alpha_initialiser="ones"), r"alpha_initialiser"),
+    "unknown layer option": (lambda: r1.convert(cm.build_mlp(), "rank1", train_size=100, alpha_initialiser="ones"), r"alpha_initialiser"),
     "options with dropout": (lambda: r1.convert(cm.build_mlp(), "dropout", inference="mean"), r"inference"),
     "join nothing": (lambda: r1.join_ensemble([]), r"models"),
     "join mismatched inputs": (lambda: r1.join_ensemble([_dense_net(0), _dense_net(1, inputs=6)]), r"models\[1\]"),
@@ -644,7 +648,10 @@ def test_bad_input_is_a_value_error_naming_the_argument(case):
 def test_grouped_conv_left_out_of_layers_stays_plain():
     original = _grouped()
     x = np.random.default_rng(4).normal(size=(2, 6, 6, 4)).astype("float32")
-    converted = r1.convert(original, "batchensemble", layers=["head"], ensemble_size=2)
+    converted = r1.convert(
+        original, "batchensemble", layers=["head"], ensemble_size=2, output_type="regression",
+        alpha_initializer="ones", gamma_initializer="ones",
+    )
     assert r1.conversion_summary(original, converted).changed_layers == [("head", "Dense", "DenseBatchEnsemble")]
     grouped = _core(converted).get_layer("grouped")
     assert type(grouped) is keras.layers.Conv2D and grouped.groups == 2
@@ -700,7 +707,7 @@ def test_mc_dropout_prediction_is_the_mean_of_different_masks():
     h = keras.layers.Dropout(rate, name="drop")(x_in)
     y = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones", name="sum")(h)
     original = keras.Model(x_in, y)
-    converted = r1.convert(original, "dropout", num_samples=samples)
+    converted = r1.convert(original, "dropout", num_samples=samples, output_type="regression")
     x = np.ones((2, features), "float32")
 
     # Member rows and the prediction of one and the same forward pass.
@@ -718,8 +725,8 @@ def test_mc_dropout_prediction_is_the_mean_of_different_masks():
     first, second = converted(x).numpy(), converted(x).numpy()
     assert _max_error(first, second) > 1e-3
     assert _max_error(converted.predict(x, verbose=0), converted.predict(x, verbose=0)) > 1e-3
-    member_rows = r1.member_outputs(converted)(x).numpy().reshape(samples, 2)
-    assert len(np.unique(member_rows[:, 0])) > 1
+    members = r1.member_outputs(converted)(x).numpy()[..., 0]  # (2, samples)
+    assert len(np.unique(members[0])) > 1
     # With the MCDropout switched off it is the original (every input kept).
     cm.deactivate_mc_dropout(converted)
     np.testing.assert_allclose(converted(x).numpy(), np.full((2, 1), features), atol=1e-4)

@@ -41,8 +41,8 @@ def test_deterministic_methods_equal_the_keras_model(tmp_path, method, members):
     path = export_for_serving(model, str(tmp_path / method), seed=None)
     served = _serve(path, X)
     np.testing.assert_allclose(served["probabilities"], model.predict(X, verbose=0), atol=1e-6)
-    rows = (member_outputs(model) if members > 1 else model).predict(X, verbose=0)
-    expected_members = rows.reshape(members, len(X), 3).transpose(1, 0, 2)
+    outputs = (member_outputs(model) if members > 1 else model).predict(X, verbose=0)
+    expected_members = outputs.reshape(len(X), members, 3)  # (B, K, C), or (B, 1, C) for one model
     np.testing.assert_allclose(served["member_probabilities"], expected_members, atol=1e-6)
     member_view = served["member_probabilities"].transpose(1, 0, 2).astype("float64")
     np.testing.assert_allclose(served["predictive_entropy"], metrics.predictive_entropy(member_view.mean(0)), atol=1e-5)
@@ -63,7 +63,7 @@ def test_rank1_samples_like_the_keras_model_from_the_saved_random_state(tmp_path
     rows_model = member_outputs(model)
     for variable, state in zip(_seed_states(model), states):
         variable.assign(state)
-    passes = [rows_model(X, training=False).numpy().reshape(2, len(X), 3) for _ in range(2)]
+    passes = [np.moveaxis(rows_model(X, training=False).numpy(), 1, 0) for _ in range(2)]
     expected = np.concatenate(passes, axis=0)  # (S*K, B, C), sample-major as exported
     np.testing.assert_allclose(served["member_probabilities"], expected.transpose(1, 0, 2), atol=1e-5)
     np.testing.assert_allclose(served["probabilities"], expected.mean(0), atol=1e-5)
@@ -117,9 +117,9 @@ def keras_member_probabilities(model, inputs, num_samples, seed):
     reset_seed_generators(rows_model, seed)
     passes = []
     for _ in range(num_samples):
-        rows = rows_model(inputs, training=False).numpy()
-        passes.append(rows.reshape(-1, len(inputs), rows.shape[-1]))
-    return np.concatenate(passes, axis=0).transpose(1, 0, 2)
+        outputs = rows_model(inputs, training=False).numpy()
+        passes.append(outputs.reshape(len(inputs), -1, outputs.shape[-1]))  # (B, K, C); a plain model K = 1
+    return np.concatenate(passes, axis=1)
 
 
 def _check_outputs(served, expected_members, atol=1e-5):

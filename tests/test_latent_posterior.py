@@ -334,7 +334,9 @@ def _core_layers(converted):
 
 def test_convert_averages_the_latent_loss_over_layers():
     original = _small_cnn()
-    converted = r1.convert(original, "lpbnn", ensemble_size=K, latent_dim=6, latent_loss_weight=0.6, inference="mean")
+    converted = r1.convert(
+        original, "lpbnn", ensemble_size=K, latent_dim=6, latent_loss_weight=0.6, inference="mean", output_type="regression"
+    )
     layers = _core_layers(converted)
     assert type(layers["conv"]) is Conv2DLatentPosterior and type(layers["head"]) is DenseLatentPosterior
     assert type(layers["bn"]).__name__ == "EnsembleBatchNormalization"
@@ -351,7 +353,7 @@ def test_convert_averages_the_latent_loss_over_layers():
     # An LSTM cell counts as one layer.
     inputs = keras.Input((4, 2))
     recurrent = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.LSTM(3, name="lstm")(inputs)))
-    layers = _core_layers(r1.convert(recurrent, "lpbnn", ensemble_size=K))
+    layers = _core_layers(r1.convert(recurrent, "lpbnn", ensemble_size=K, output_type="regression"))
     assert type(layers["lstm"].cell) is LSTMCellLatentPosterior
     assert layers["lstm"].cell.latent_loss_weight == pytest.approx(0.5)
     # Other methods are unchanged: a batchensemble layer has no latent weight.

@@ -113,8 +113,15 @@ def test_averaged_predictions_give_the_plain_nll(loss_class):
 
 def test_prediction_rows_must_be_b_or_k_times_b():
     _, probabilities, labels, _, _ = _data(4)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="predictions must have B rows"):
+    # Known shapes: one ValueError naming both shapes, before any TensorFlow op.
+    with pytest.raises(ValueError, match=rf"y_true has 3 rows, so y_pred must have 3 .* or {3 * K} rows \(ensemble_size={K} members"):
         AverageNLL(K).call(labels[:3], probabilities)
+    # Shapes known only at run time (a traced step with a free batch axis): the in-graph check.
+    spec_labels = tf.TensorSpec([None], tf.int64)
+    spec_predictions = tf.TensorSpec([None, probabilities.shape[-1]], tf.float32)
+    call = tf.function(lambda y, p: AverageNLL(K).call(y, p), input_signature=[spec_labels, spec_predictions])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="y_pred must have B rows"):
+        call(labels[:3].astype(np.int64), probabilities)
 
 
 def test_per_example_values_and_block_order():

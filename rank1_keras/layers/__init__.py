@@ -1,4 +1,4 @@
-"""Ensemble layers: rank-1 Bayesian (stochastic factors) and BatchEnsemble (point factors)."""
+"""Ensemble layers: rank-1 Bayesian (stochastic factors), BatchEnsemble (point factors), LP-BNN, Bella, heads."""
 
 from rank1_keras.layers.convolutional import (
     Conv1DBatchEnsemble,
@@ -7,6 +7,7 @@ from rank1_keras.layers.convolutional import (
     Conv2DRank1,
 )
 from rank1_keras.layers.dense import DenseBatchEnsemble, DenseRank1
+from rank1_keras.layers.gaussian import GaussianParameters
 from rank1_keras.layers.latent_posterior import (
     Conv1DLatentPosterior,
     Conv2DLatentPosterior,
@@ -31,6 +32,7 @@ __all__ = [
     "Conv2DRank1",
     "DenseBatchEnsemble",
     "DenseRank1",
+    "GaussianParameters",
     "LSTMCellBatchEnsemble",
     "LSTMCellRank1",
     "MemberFactor",

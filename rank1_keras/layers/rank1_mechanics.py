@@ -17,6 +17,7 @@ say how to apply their shared kernel.
 """
 
 import dataclasses
+import warnings
 
 import keras
 import tensorflow as tf
@@ -89,6 +90,7 @@ class Rank1Mixin:
 
         `arguments` maps those argument names to the user's values.
         """
+        unscaled = []
         for name in names:
             initializer, regularizer, constraint = self._resolve_factor_arguments(
                 name,
@@ -99,6 +101,19 @@ class Rank1Mixin:
             setattr(self, f"{name}_initializer", initializer)
             setattr(self, f"{name}_regularizer", regularizer)
             setattr(self, f"{name}_constraint", constraint)
+            if isinstance(arguments[f"{name}_regularizer"], str) and rank1_regularizers.is_kl_regularizer(regularizer):
+                unscaled.append(f"{name}_regularizer")
+        if unscaled:
+            # A layer cannot know the training-set size N; the per-example ELBO
+            # needs KL / N. Loud, not an error: edward2's layers default the same way.
+            warnings.warn(
+                f"{type(self).__name__} '{self.name}': {', '.join(unscaled)} given by name adds the "
+                "KL unscaled (scale_factor=1) to every batch's loss, N times the per-example ELBO's "
+                "weight for N training examples. Pass e.g. NormalKLDivergence(scale_factor=1 / N), or "
+                "build the model with rank1_keras.convert(model, 'rank1', train_size=N).",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _init_kernel_and_bias_arguments(
         self, kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer, kernel_constraint, bias_constraint
@@ -333,9 +348,15 @@ def merge_members(members):
 
 
 def batch_ensemble_defaults(kwargs, names=("alpha", "gamma")):
-    """Keyword defaults that make a rank-1 layer its BatchEnsemble (point-factor) case."""
+    """Keyword defaults that make a rank-1 layer its BatchEnsemble (point-factor) case.
+
+    The factors start at random signs (+1 or -1, P(+1) = 0.5, each table its
+    own draw), uncertainty-baselines' setting: with factors at one every
+    member starts at the same weights, gets the same gradient, and stays a
+    copy of the others for ever. `"ones"` remains an explicit choice.
+    """
     for name in names:
-        kwargs.setdefault(f"{name}_initializer", "ones")
+        kwargs.setdefault(f"{name}_initializer", "random_sign")
         kwargs.setdefault(f"{name}_regularizer", None)
     return kwargs
 

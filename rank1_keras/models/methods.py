@@ -214,7 +214,15 @@ def _factor_regularizer(family, settings):
 def rank1_layer_options(settings):
     """The `convert` options of the rank-1 / BatchEnsemble layers for `settings`."""
     options = {"use_additive_perturbation": settings.use_additive_perturbation}
-    for side, family in (("alpha", settings.alpha_initializer), ("gamma", settings.gamma_initializer)):
+    # An LSTM cell's recurrent factors follow the input-side and output-side
+    # settings (convert passes them to LSTM cells only).
+    sides = (
+        ("alpha", settings.alpha_initializer),
+        ("gamma", settings.gamma_initializer),
+        ("recurrent_alpha", settings.alpha_initializer),
+        ("recurrent_gamma", settings.gamma_initializer),
+    )
+    for side, family in sides:
         options[f"{side}_initializer"] = _factor_initializer(family, settings)
         options[f"{side}_regularizer"] = _factor_regularizer(family, settings)
     return options
@@ -265,6 +273,7 @@ def _converted(method_name):
                 method_name,
                 settings.ensemble_size,
                 training_batch=settings.training_batch,
+                train_size=settings.train_size,
                 **rank1_layer_options(settings_for_method),
                 **extra,
             )

@@ -17,8 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from rank1_keras import metrics
-from rank1_keras.ensemble import AverageMembers
-from rank1_keras.convert import member_outputs
+from rank1_keras.convert import member_output_types, member_outputs
+from rank1_keras.ensemble import AverageMembers, class_probabilities
 from rank1_keras.training.loop import TrainData, epoch_dataset
 
 
@@ -39,38 +39,53 @@ class EvaluationSets:
     shifted: dict = dataclasses.field(default_factory=dict)
 
 
-def _member_rows_model(model):
-    has_members = any(isinstance(layer, AverageMembers) for layer in model.layers)
-    return member_outputs(model) if has_members else model
-
-
 def member_predictor(model):
-    """A traced function: features -> member rows (K*B, C), or (B, C) for a plain model."""
-    rows_model = _member_rows_model(model)
+    """A traced function: features -> member class probabilities (M, B, ..., C).
+
+    M = K for `convert` / `join_ensemble` models (their members, read
+    through `member_outputs`, logits turned into probabilities), 1 for a
+    plain model returning probabilities.
+    """
+    if any(isinstance(layer, AverageMembers) for layer in model.layers):
+        members_model, output_type = member_outputs(model), member_output_types(model)[0]
+
+        def predict(features):
+            members = members_model(features, training=False)  # (B, K, ..., C)
+            members = tf.transpose(members, [1, 0] + list(range(2, len(members.shape))))
+            return class_probabilities(members, output_type)
+
+    else:
+
+        def predict(features):
+            return model(features, training=False)[None]
+
     # reduce_retracing: the last batch of a set is smaller.
-    return tf.function(lambda features: rows_model(features, training=False), reduce_retracing=True)
+    return tf.function(predict, reduce_retracing=True)
 
 
-def predict_members(model, data, num_samples=1, batch_size=256, predict=None):
+def predict_members(model, data, num_samples=1, batch_size=256, predict=None, ignore_class=None):
     """Member probabilities (M, N, C), M = K * num_samples, and labels (N,).
 
-    Rows come from the model's member outputs (K*B per batch, block order)
-    or from the model itself (B rows, K = 1); `num_samples` passes are
-    stacked for stochastic methods. `predict`: a `member_predictor(model)`
-    to reuse across sets.
+    Dense predictions (B, d..., C) with labels (B, d...) count every position
+    as one example (per-pixel metrics): N = examples x positions, less the
+    positions labelled `ignore_class`. `num_samples` passes are stacked for
+    stochastic methods. `predict`: a `member_predictor(model)` to reuse
+    across sets.
     """
     predict = predict or member_predictor(model)
     passes, labels = [], None
     for _ in range(num_samples):
         chunks, label_chunks = [], []
         for features, batch_labels in epoch_dataset(data, 0, batch_size, seed=0, training=False):
-            rows = np.asarray(predict(features), dtype=np.float64)
-            batch = int(tf.shape(batch_labels)[0])
-            chunks.append(rows.reshape(-1, batch, rows.shape[-1]))
+            members = np.asarray(predict(features), dtype=np.float64)
+            chunks.append(members.reshape(members.shape[0], -1, members.shape[-1]))
             label_chunks.append(np.asarray(batch_labels).reshape(-1))
         passes.append(np.concatenate(chunks, axis=1))
         labels = np.concatenate(label_chunks)
     member_probabilities = np.concatenate(passes, axis=0)
+    if ignore_class is not None:
+        kept = labels != ignore_class
+        member_probabilities, labels = member_probabilities[:, kept], labels[kept]
     # float32 softmax rows can sum to 1 +- 1e-7; renormalise in float64.
     member_probabilities /= member_probabilities.sum(axis=-1, keepdims=True)
     return member_probabilities, labels.astype(np.int64)

@@ -290,6 +290,11 @@ def train(
                 extra = tf.add_n([tf.cast(loss, nll.dtype) for loss in model.losses]) if model.losses else tf.zeros((), nll.dtype)
                 loss = nll + extra / replicas
             gradients = tape.gradient(loss, model.trainable_variables)
+            # Checked on the gradients, not only on the loss: a NaN inside the loss's
+            # probability floor may come out finite or not depending on the CPU's min/max.
+            gradients_finite = tf.reduce_all(
+                tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None] or [tf.constant(True)])
+            )
             gradients = [g if scale == 1.0 else g * scale for g, scale in zip(gradients, gradient_scales)]
             if gradient_transform is not None:
                 gradients = gradient_transform(model.trainable_variables, gradients)
@@ -300,12 +305,16 @@ def train(
             correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(tf.reshape(labels, [-1]), tf.int32)), tf.float32))
             # Accuracy per example row: with member streams a step has M rows per batch example.
             correct = correct / member_streams
-            return nll, extra / replicas, correct, tf.cast(batch // member_streams, tf.float32)
+            non_finite = 1.0 - tf.cast(gradients_finite, tf.float32)
+            return nll, extra / replicas, correct, tf.cast(batch // member_streams, tf.float32), non_finite
 
-        nll, extra, correct, replica_batch = strategy.run(replica_step, args=(features, labels))
+        nll, extra, correct, replica_batch, non_finite = strategy.run(replica_step, args=(features, labels))
         total = [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in (nll, extra, correct)]
         # The mean per-replica batch: a check that the global batch is split.
-        return total + [strategy.reduce(tf.distribute.ReduceOp.MEAN, replica_batch, axis=None)]
+        return total + [
+            strategy.reduce(tf.distribute.ReduceOp.MEAN, replica_batch, axis=None),
+            strategy.reduce(tf.distribute.ReduceOp.SUM, non_finite, axis=None),  # replicas with NaN/inf gradients
+        ]
 
     writer = tf.summary.create_file_writer(log_dir) if (log_dir and chief) else None
     logs = {}
@@ -326,11 +335,12 @@ def train(
             for layer in kl_layers:
                 layer.kl_weight.assign(kl_weight)
             features, labels = next(iterator)
-            nll, extra, correct, replica_batch = (float(v) for v in train_step(features, labels))
-            if not np.isfinite(nll + extra):
+            nll, extra, correct, replica_batch, non_finite = (float(v) for v in train_step(features, labels))
+            if not (np.isfinite(nll + extra) and non_finite == 0.0):
+                what = "the gradients became non-finite" if non_finite else f"the training loss became {nll + extra}"
                 raise FloatingPointError(
-                    f"the training loss became {nll + extra} at epoch {epoch + 1}, step {step + 1}; lower "
-                    "--base_learning_rate (no checkpoint of this epoch was written)."
+                    f"{what} at epoch {epoch + 1}, step {step + 1}; lower --base_learning_rate or check the "
+                    "inputs for inf/NaN (no checkpoint of this epoch was written)."
                 )
             totals += (nll, extra, correct)
             progress.update(step + 1, [("nll", nll), ("kl_l2", extra), ("accuracy", correct / global_batch)])
