@@ -260,7 +260,7 @@ def _entropy(probabilities):
 
 
 def uncertainty_outputs(member_probabilities):
-    """The signature's outputs from (M, B, C) member probabilities."""
+    """The signature's outputs from (M, B, C) member probabilities (or (M, B, d..., C): per position)."""
     members = member_probabilities / tf.reduce_sum(member_probabilities, axis=-1, keepdims=True)
     probabilities = tf.reduce_mean(members, axis=0)
     entropy = _entropy(probabilities)
@@ -270,8 +270,13 @@ def uncertainty_outputs(member_probabilities):
         "confidence": tf.reduce_max(probabilities, axis=-1),
         "predictive_entropy": entropy,
         "mutual_information": entropy - tf.reduce_mean(_entropy(members), axis=0),
-        "member_probabilities": tf.transpose(members, [1, 0, 2]),
+        "member_probabilities": tf.transpose(members, _swap_first_axes(members)),
     }
+
+
+def _swap_first_axes(tensor):
+    # (M, B, ...) <-> (B, M, ...): members and examples trade places; dense outputs keep their other axes.
+    return [1, 0] + list(range(2, len(tensor.shape)))
 
 
 def export_for_serving(model, path, num_samples=1, seed=0, serving_input=None):
@@ -324,7 +329,7 @@ def export_for_serving(model, path, num_samples=1, seed=0, serving_input=None):
         for _ in range(num_samples):
             outputs = tf.cast(rows_model(inputs, training=False), tf.float32)
             # Members come on axis 1, (B, K, C); a plain model gives (B, C), one member.
-            members = tf.transpose(outputs, [1, 0, 2]) if has_members else outputs[None]
+            members = tf.transpose(outputs, _swap_first_axes(outputs)) if has_members else outputs[None]
             passes.append(class_probabilities(members, output_type))
         return uncertainty_outputs(tf.concat(passes, axis=0))
 

@@ -422,3 +422,18 @@ def test_per_pixel_evaluation_leaves_out_the_ignore_label():
     assert members.shape == (K, 10 * 7 * 8, 2) and kept_labels.shape == (10 * 7 * 8,)
     expected = np.moveaxis(_members(converted, images), 1, 0)[:, :, 1:].reshape(K, -1, 2)
     np.testing.assert_allclose(members, expected, atol=1e-5)
+
+
+def test_export_of_a_segmentation_model_serves_per_pixel_uncertainty(tmp_path):
+    rng = np.random.default_rng(7)
+    images = rng.random((3, 8, 8, 1)).astype(np.float32)
+    converted = r1.convert(_segmenter(), "batchensemble", K)
+    served = tf.saved_model.load(export_for_serving(converted, str(tmp_path / "segmenter"))).signatures[
+        "serving_default"
+    ](tf.constant(images))
+    members = _members(converted, images)  # (3, K, 8, 8, 3)
+    np.testing.assert_allclose(served["member_probabilities"].numpy(), members, atol=1e-5)
+    np.testing.assert_allclose(served["probabilities"].numpy(), members.mean(1), atol=1e-5)
+    assert served["predicted_class"].shape == (3, 8, 8)
+    entropy = -np.sum(members.mean(1) * np.log(members.mean(1)), axis=-1)
+    np.testing.assert_allclose(served["predictive_entropy"].numpy(), entropy, atol=1e-4)
