@@ -31,12 +31,17 @@ class EvaluationSets:
         validation: held-out training examples for temperature scaling (or None).
         ood: {name: set} of out-of-distribution inputs (labels ignored).
         shifted: {(corruption, severity): set} of shifted test inputs.
+        background_class: for segmentation (labels per pixel): the background
+            class. Then `mean_iou` is reported, and OOD is scored per pixel:
+            the test set's non-background pixels against the pixels labelled 1
+            (the OOD object) in each OOD set.
     """
 
     test: TrainData
     validation: TrainData = None
     ood: dict = dataclasses.field(default_factory=dict)
     shifted: dict = dataclasses.field(default_factory=dict)
+    background_class: int = None
 
 
 def member_predictor(model):
@@ -121,7 +126,10 @@ def evaluate(model, sets, num_samples=1, batch_size=256, reliability_path=None):
     member_probabilities, labels = members_of(sets.test)
     probabilities = member_probabilities.mean(axis=0)
     result = classification_metrics(member_probabilities, labels)
-    result["test_examples"] = int(len(labels))
+    result["test_examples"] = int(sets.test.num_examples)
+    pixels = sets.background_class is not None
+    if pixels:
+        result["mean_iou"] = metrics.mean_iou(probabilities, labels)
 
     if sets.validation is not None:
         validation_members, validation_labels = members_of(sets.validation)
@@ -138,9 +146,13 @@ def evaluate(model, sets, num_samples=1, batch_size=256, reliability_path=None):
         result["ece_temperature_scaled"] = metrics.expected_calibration_error(scaled, labels)
 
     in_scores = metrics.ood_scores(probabilities)
+    if pixels:  # in-distribution objects' pixels, not the easy background
+        in_scores = in_scores[labels != sets.background_class]
     for index, (name, data) in enumerate(sets.ood.items()):
-        ood_members, _ = members_of(data)
+        ood_members, ood_labels = members_of(data)
         out_scores = metrics.ood_scores(ood_members.mean(axis=0))
+        if pixels:  # the OOD object's pixels
+            out_scores = out_scores[ood_labels == 1]
         result[f"ood/{name}/auroc"] = metrics.ood_auroc(in_scores, out_scores)
         result[f"ood/{name}/aupr"] = metrics.ood_aupr(in_scores, out_scores)
         if index == 0:
@@ -180,6 +192,7 @@ TABLE_COLUMNS = (
     ("ECE", "ece", "{:.4f}"),
     ("Brier", "brier", "{:.4f}"),
     ("OOD AUROC", "ood_auroc", "{:.4f}"),
+    ("mIoU", "mean_iou", "{:.4f}"),  # segmentation
     ("disagreement", "disagreement", "{:.4f}"),
     ("NLL (T)", "nll_temperature_scaled", "{:.4f}"),
     ("ECE (T)", "ece_temperature_scaled", "{:.4f}"),

@@ -44,7 +44,8 @@ def run_experiment(
     Args:
         dataset: a task name (`rank1_keras.training.tasks.TASKS`).
         method_settings: `MethodSettings` (its `train_size` is replaced by the
-            task's training-set size).
+            task's training-set size, times its labelled positions per example
+            for segmentation, whose losses average over pixels).
         training_settings: `TrainingSettings`.
         task_options: `TaskOptions`.
         output_dir: where checkpoints, summaries and results go.
@@ -57,7 +58,9 @@ def run_experiment(
     strategy = strategy or make_strategy("default")
     chief = is_chief(strategy)
     task = task or load_task(dataset, task_options)
-    method_settings = dataclasses.replace(method_settings, train_size=task.train.num_examples)
+    method_settings = dataclasses.replace(
+        method_settings, train_size=task.train.num_examples * task.positions_per_example
+    )
     seed = training_settings.seed
     run_settings = {
         "dataset": task.name,

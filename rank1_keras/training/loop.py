@@ -286,7 +286,9 @@ def train(
             with tf.GradientTape() as tape:
                 # float32 losses and metrics also under a mixed bfloat16 policy.
                 predictions = tf.cast(model(features, training=True), tf.float32)
-                nll = tf.reduce_sum(loss_object.call(labels, predictions)) / global_batch
+                per_position = loss_object.call(labels, predictions)  # (B,) or (B, d...) for dense outputs
+                per_example = tf.reduce_mean(per_position, axis=list(range(1, per_position.shape.rank)))
+                nll = tf.reduce_sum(per_example) / global_batch
                 extra = tf.add_n([tf.cast(loss, nll.dtype) for loss in model.losses]) if model.losses else tf.zeros((), nll.dtype)
                 loss = nll + extra / replicas
             gradients = tape.gradient(loss, model.trainable_variables)
@@ -300,9 +302,11 @@ def train(
                 gradients = gradient_transform(model.trainable_variables, gradients)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables))
             batch = tf.shape(labels)[0]
-            member_probabilities = tf.reshape(predictions, [-1, batch, predictions.shape[-1]])
+            member_probabilities = tf.reshape(predictions, tf.concat([[-1, batch], tf.shape(predictions)[1:]], 0))
             predicted = tf.argmax(tf.reduce_mean(member_probabilities, axis=0), axis=-1, output_type=tf.int32)
-            correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(tf.reshape(labels, [-1]), tf.int32)), tf.float32))
+            hits = tf.cast(tf.equal(predicted, tf.reshape(tf.cast(labels, tf.int32), tf.shape(predicted))), tf.float32)
+            # Per example: the share of its positions right (1 or 0 for one label per example).
+            correct = tf.reduce_sum(tf.reduce_mean(tf.reshape(hits, [batch, -1]), axis=1))
             # Accuracy per example row: with member streams a step has M rows per batch example.
             correct = correct / member_streams
             non_finite = 1.0 - tf.cast(gradients_finite, tf.float32)

@@ -10,6 +10,7 @@
 | cifar10, cifar100   | tfds in `data_dir`                        | the other CIFAR             | CIFAR-10-C (cifar10) | wide_resnet |
 | imagenet2012        | tfds in `data_dir`                        | -                           | -                 | resnet50     |
 | mimic               | local CSV export (`rank1_keras.data.mimic`) | -                         | -                 | lstm         |
+| glyph_segmentation  | scikit-learn digits composited on 32x32 canvases, a class per pixel (`rank1_keras.data.glyph_canvases`) | a Fashion-MNIST patch per canvas (pixel level) | noise/blur/contrast x 5 | small_unet |
 
 Sequences get one extra constant-1 channel on real steps, so the LSTM's
 `Masking(0.0)` sees exactly the padding, even where every feature is 0.
@@ -25,7 +26,7 @@ from rank1_keras.export import ServingInput
 from rank1_keras.training.evaluation import EvaluationSets
 from rank1_keras.training.loop import TrainData
 
-ARCHITECTURES = ("small_cnn", "wide_resnet", "resnet50", "lstm")
+ARCHITECTURES = ("small_cnn", "wide_resnet", "resnet50", "lstm", "small_unet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +86,9 @@ class Task:
     model_spec: dict  # rebuilds build_plain without the data: `plain_builder(model_spec, options)`
     serving_input: object  # rank1_keras.export.ServingInput: raw examples -> this task's model input
     notes: str = ""
+    # Labelled positions per example: H*W for segmentation, whose losses average over
+    # pixels, so the KL is scaled by 1/(examples x positions) to keep the ELBO's balance.
+    positions_per_example: int = 1
 
     @property
     def architecture(self):
@@ -119,6 +123,7 @@ def plain_builder(model_spec, options):
     from rank1_keras.models.lstm_classifier import lstm_classifier
     from rank1_keras.models.resnet50 import resnet50
     from rank1_keras.models.small_cnn import small_cnn
+    from rank1_keras.models.small_unet import small_unet
     from rank1_keras.models.wide_resnet import wide_resnet
 
     architecture = model_spec["architecture"]
@@ -138,6 +143,8 @@ def plain_builder(model_spec, options):
         )
     if architecture == "resnet50":
         return lambda: resnet50(num_classes, input_shape, width_multiplier=options.width_multiplier or 1.0, l2=options.l2)
+    if architecture == "small_unet":
+        return lambda: small_unet(input_shape, num_classes, l2=options.l2, dropout_rate=options.dropout_rate)
     validation.check_choice(architecture, "architecture", ARCHITECTURES)
     return lambda: lstm_classifier(
         input_shape[-1], num_classes, units=options.lstm_units, dropout_rate=options.dropout_rate, l2=options.l2
@@ -150,6 +157,14 @@ def _image_builder(options, input_shape, num_classes, default="small_cnn", paddi
         raise ValueError(f"architecture={architecture!r} does not take images; use small_cnn, wide_resnet or resnet50.")
     spec = {"architecture": architecture, "input_shape": list(input_shape), "num_classes": int(num_classes),
             "padding": padding}
+    return plain_builder(spec, options), spec
+
+
+def _segmentation_builder(options, input_shape, num_classes):
+    if (options.architecture or "small_unet") != "small_unet":
+        raise ValueError(f"architecture={options.architecture!r} does not segment images; use small_unet.")
+    spec = {"architecture": "small_unet", "input_shape": list(input_shape), "num_classes": int(num_classes),
+            "padding": "same"}
     return plain_builder(spec, options), spec
 
 
@@ -227,6 +242,55 @@ def digits_task(options):
     return _image_task(
         "digits", options, train, test, ood, ServingInput.images("uint8", scale=1.0 / DIGITS_MAX_VALUE), padding="same",
         notes="scikit-learn digits, fixed 80/20 split; OOD: Fashion-MNIST test images resized to 8x8",
+    )
+
+
+def glyph_segmentation_task(options):
+    """Segmentation of digits glyphs composited on 32x32 canvases (see `rank1_keras.data.glyph_canvases`).
+
+    3,000 training and 600 test canvases (3 glyphs each, 11 classes: background
+    and the ten digits), glyphs from the digits task's fixed 80/20 split; OOD:
+    300 canvases whose third object is a Fashion-MNIST test image resized to
+    8x8, scored on its ink pixels against the test canvases' digit ink.
+    """
+    from rank1_keras.data import load_digits, load_fashion_mnist
+    from rank1_keras.data.digits import DIGITS_MAX_VALUE, resize_bilinear
+    from rank1_keras.data.glyph_canvases import make_canvases, make_ood_canvases
+
+    glyphs, digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits))  # the digits task's split
+    cut = int(0.8 * len(digits))
+    train_glyphs, test_glyphs = order[:cut], order[cut:]
+    train = make_canvases(glyphs[train_glyphs], digits[train_glyphs], 3000, seed=1)
+    test = make_canvases(glyphs[test_glyphs], digits[test_glyphs], 600, seed=2)
+    train, test = _first(train, options.train_examples), _first(test, options.test_examples)
+    train, held_out = _hold_out(*train, options.validation_percent)
+    ood = {}
+    if options.ood:
+        fashion, _ = load_fashion_mnist(None, "test")
+        patches = resize_bilinear(fashion[:1000, :, :, 0], (8, 8))[..., None]
+        ood["fashion_patch"] = _arrays(*make_ood_canvases(glyphs[test_glyphs], patches, 300, seed=3))
+    num_classes = 11
+    input_shape = tuple(train[0].shape[1:])
+    builder, spec = _segmentation_builder(options, input_shape, num_classes)
+    return Task(
+        name="glyph_segmentation",
+        num_classes=num_classes,
+        input_shape=input_shape,
+        train=_arrays(*train),
+        evaluation=EvaluationSets(
+            test=_arrays(*test),
+            validation=_arrays(*held_out) if held_out else None,
+            ood=ood,
+            shifted=_shifted_sets(options, *test),
+            background_class=0,
+        ),
+        build_plain=builder,
+        model_spec=spec,
+        serving_input=ServingInput.images("uint8", scale=1.0 / DIGITS_MAX_VALUE),
+        notes="scikit-learn digits glyphs, 3 per 32x32 canvas, a class per pixel (11); "
+        "OOD: a Fashion-MNIST patch per canvas, pixel level",
+        positions_per_example=int(np.prod(input_shape[:2])),
     )
 
 
@@ -478,8 +542,9 @@ TASKS = {
     "cifar100": _cifar_task("cifar100"),
     "imagenet2012": imagenet_task,
     "mimic": mimic_task,
+    "glyph_segmentation": glyph_segmentation_task,
 }
-EMBEDDED_TASKS = ("fashion_mnist", "digits", "japanese_vowels", "italy_power_demand", "gunpoint")
+EMBEDDED_TASKS = ("fashion_mnist", "digits", "japanese_vowels", "italy_power_demand", "gunpoint", "glyph_segmentation")
 
 
 def load_task(name, options):
