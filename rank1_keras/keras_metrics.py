@@ -3,7 +3,9 @@
 Each takes the model's output as it comes in training or evaluation: B rows
 of probabilities for B labels, or K*B member rows in block order (a tiled
 ensemble), which are averaged per example first (probabilities, never
-logits). They accumulate over batches and equal the NumPy functions of
+logits: `from_logits=True` applies softmax to each member first). Dense
+outputs (rows, d..., C) with labels (B, d...) count every position, less
+those labelled `ignore_class` (per-pixel metrics for segmentation). They accumulate over batches and equal the NumPy functions of
 `rank1_keras.metrics` on the whole set (tested to float32 precision):
 
 | metric                      | accumulates                                    |
@@ -24,35 +26,38 @@ import numpy as np
 import tensorflow as tf
 
 from rank1_keras import validation
+from rank1_keras.losses import member_view, sparse_labels
 
 _PACKAGE = "rank1_keras"
 # Floors the label's probability so log(0) is a large finite cost, not inf.
 _PROBABILITY_FLOOR = float(np.finfo(np.float32).tiny)
 
 
-def _average_members(y_true, y_pred, ensemble_size):
-    """(B,) int labels and (B, C) member-averaged probabilities from B or K*B rows."""
-    labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
-    probabilities = tf.cast(y_pred, tf.float32)
-    num_classes = tf.shape(probabilities)[-1]
-    batch = tf.shape(labels)[0]
-    members = tf.shape(probabilities)[0] // tf.maximum(batch, 1)
-    check = tf.debugging.Assert(
-        tf.logical_or(tf.equal(members, 1), tf.equal(members, ensemble_size)),
-        [f"predictions must have B or ensemble_size*B rows (ensemble_size={ensemble_size}); got rows/labels:",
-         tf.shape(probabilities)[0], batch],
-    )
-    with tf.control_dependencies([check]):
-        probabilities = tf.reduce_mean(tf.reshape(probabilities, tf.stack([members, batch, num_classes])), axis=0)
+def _average_members(y_true, y_pred, ensemble_size, from_logits=False, ignore_class=None):
+    """(N,) int labels and (N, C) member-averaged probabilities from B or K*B rows.
+
+    Dense outputs (rows, d..., C) with labels (B, d...) give one entry per
+    position (N = B x positions), less those labelled `ignore_class`.
+    """
+    members = member_view(tf.convert_to_tensor(y_true), tf.cast(y_pred, tf.float32), ensemble_size)
+    probabilities = tf.nn.softmax(members, axis=-1) if from_logits else members
+    probabilities = tf.reduce_mean(probabilities, axis=0)  # probabilities, never logits
+    labels = tf.cast(tf.reshape(sparse_labels(tf.convert_to_tensor(y_true), probabilities), [-1]), tf.int32)
+    probabilities = tf.reshape(probabilities, tf.stack([-1, tf.shape(probabilities)[-1]]))
+    if ignore_class is not None:
+        kept = tf.not_equal(labels, ignore_class)
+        labels, probabilities = tf.boolean_mask(labels, kept), tf.boolean_mask(probabilities, kept)
     return labels, probabilities
 
 
 class _EnsembleMeanMetric(keras.metrics.Metric):
     """A per-example quantity of the averaged probabilities, averaged over all examples."""
 
-    def __init__(self, ensemble_size=1, name=None, dtype=None):
+    def __init__(self, ensemble_size=1, name=None, dtype=None, from_logits=False, ignore_class=None):
         super().__init__(name=name, dtype=dtype)
         self.ensemble_size = validation.check_positive_int(ensemble_size, "ensemble_size")
+        self.from_logits = bool(from_logits)
+        self.ignore_class = None if ignore_class is None else validation.check_int(ignore_class, "ignore_class")
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
@@ -62,7 +67,7 @@ class _EnsembleMeanMetric(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         if sample_weight is not None:
             raise ValueError(f"{type(self).__name__} takes no sample_weight; got one.")
-        labels, probabilities = _average_members(y_true, y_pred, self.ensemble_size)
+        labels, probabilities = _average_members(y_true, y_pred, self.ensemble_size, self.from_logits, self.ignore_class)
         values = self.per_example(labels, probabilities)
         self.total.assign_add(tf.reduce_sum(values))
         self.count.assign_add(tf.cast(tf.size(values), tf.float32))
@@ -71,15 +76,20 @@ class _EnsembleMeanMetric(keras.metrics.Metric):
         return tf.math.divide_no_nan(self.total, self.count)
 
     def get_config(self):
-        return {**super().get_config(), "ensemble_size": self.ensemble_size}
+        return {
+            **super().get_config(),
+            "ensemble_size": self.ensemble_size,
+            "from_logits": self.from_logits,
+            "ignore_class": self.ignore_class,
+        }
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class EnsembleAccuracy(_EnsembleMeanMetric):
     """Accuracy of the member-averaged probabilities (ties go to the lowest class)."""
 
-    def __init__(self, ensemble_size=1, name="ensemble_accuracy", dtype=None):
-        super().__init__(ensemble_size, name=name, dtype=dtype)
+    def __init__(self, ensemble_size=1, name="ensemble_accuracy", dtype=None, **kwargs):
+        super().__init__(ensemble_size, name=name, dtype=dtype, **kwargs)
 
     def per_example(self, labels, probabilities):
         return tf.cast(tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int32), labels), tf.float32)
@@ -89,8 +99,8 @@ class EnsembleAccuracy(_EnsembleMeanMetric):
 class EnsembleNLL(_EnsembleMeanMetric):
     """-log of the averaged probability of the label (the mixture NLL), per example."""
 
-    def __init__(self, ensemble_size=1, name="ensemble_nll", dtype=None):
-        super().__init__(ensemble_size, name=name, dtype=dtype)
+    def __init__(self, ensemble_size=1, name="ensemble_nll", dtype=None, **kwargs):
+        super().__init__(ensemble_size, name=name, dtype=dtype, **kwargs)
 
     def per_example(self, labels, probabilities):
         picked = tf.gather(probabilities, labels, axis=1, batch_dims=1)
@@ -101,8 +111,8 @@ class EnsembleNLL(_EnsembleMeanMetric):
 class BrierScore(_EnsembleMeanMetric):
     """sum_c (pbar_c - 1[c = y])^2 per example, averaged."""
 
-    def __init__(self, ensemble_size=1, name="brier_score", dtype=None):
-        super().__init__(ensemble_size, name=name, dtype=dtype)
+    def __init__(self, ensemble_size=1, name="brier_score", dtype=None, **kwargs):
+        super().__init__(ensemble_size, name=name, dtype=dtype, **kwargs)
 
     def per_example(self, labels, probabilities):
         one_hot = tf.one_hot(labels, tf.shape(probabilities)[-1], dtype=probabilities.dtype)
@@ -117,9 +127,11 @@ class ExpectedCalibrationError(keras.metrics.Metric):
     correct sums and confidence sums, so it is exact over any batching.
     """
 
-    def __init__(self, ensemble_size=1, num_bins=15, name="ece", dtype=None):
+    def __init__(self, ensemble_size=1, num_bins=15, name="ece", dtype=None, from_logits=False, ignore_class=None):
         super().__init__(name=name, dtype=dtype)
         self.ensemble_size = validation.check_positive_int(ensemble_size, "ensemble_size")
+        self.from_logits = bool(from_logits)
+        self.ignore_class = None if ignore_class is None else validation.check_int(ignore_class, "ignore_class")
         self.num_bins = validation.check_positive_int(num_bins, "num_bins")
         self.counts = self.add_variable(shape=(self.num_bins,), initializer="zeros", name="counts")
         self.correct_sums = self.add_variable(shape=(self.num_bins,), initializer="zeros", name="correct_sums")
@@ -128,7 +140,7 @@ class ExpectedCalibrationError(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         if sample_weight is not None:
             raise ValueError("ExpectedCalibrationError takes no sample_weight; got one.")
-        labels, probabilities = _average_members(y_true, y_pred, self.ensemble_size)
+        labels, probabilities = _average_members(y_true, y_pred, self.ensemble_size, self.from_logits, self.ignore_class)
         confidences = tf.reduce_max(probabilities, axis=-1)
         correct = tf.cast(tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int32), labels), tf.float32)
         # Bin b holds (b/B, (b+1)/B]: the count of inner edges strictly below the confidence.
@@ -144,4 +156,10 @@ class ExpectedCalibrationError(keras.metrics.Metric):
         return tf.math.divide_no_nan(tf.reduce_sum(gaps), total)
 
     def get_config(self):
-        return {**super().get_config(), "ensemble_size": self.ensemble_size, "num_bins": self.num_bins}
+        return {
+            **super().get_config(),
+            "ensemble_size": self.ensemble_size,
+            "num_bins": self.num_bins,
+            "from_logits": self.from_logits,
+            "ignore_class": self.ignore_class,
+        }

@@ -78,7 +78,7 @@ def _safe_log(probabilities):
     return tf.math.log(tf.where(tf.equal(probabilities, 0.0), tf.cast(tiny, probabilities.dtype), probabilities))
 
 
-def _sparse_labels(y_true, y_pred):
+def sparse_labels(y_true, y_pred):
     """Integer labels (B, d...) from sparse or one-hot `y_true`, for predictions (R, d..., C)."""
     num_classes = y_pred.shape[-1]
     label_rank, prediction_rank = y_true.shape.rank, y_pred.shape.rank
@@ -118,7 +118,7 @@ def class_log_likelihood(y_true, members, from_logits=False, ignore_class=None):
         else:
             log_likelihood = labels * _safe_log(members) + (1.0 - labels) * _safe_log(1.0 - members)
         return tf.squeeze(log_likelihood, axis=-1), None
-    labels = tf.cast(_sparse_labels(y_true, members[0]), tf.int32)
+    labels = tf.cast(sparse_labels(y_true, members[0]), tf.int32)
     valid = None
     if ignore_class is not None:
         valid = tf.not_equal(labels, ignore_class)

@@ -437,3 +437,26 @@ def test_export_of_a_segmentation_model_serves_per_pixel_uncertainty(tmp_path):
     assert served["predicted_class"].shape == (3, 8, 8)
     entropy = -np.sum(members.mean(1) * np.log(members.mean(1)), axis=-1)
     np.testing.assert_allclose(served["predictive_entropy"].numpy(), entropy, atol=1e-4)
+
+
+def test_streaming_metrics_count_pixels_and_skip_the_ignore_label():
+    from rank1_keras import metrics
+
+    rng = np.random.default_rng(8)
+    logits = rng.normal(size=(K * 3, 4, 4, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, size=(3, 4, 4))
+    labels[0, 0] = 255
+    member_probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    averaged = member_probabilities.reshape(K, 3, 4, 4, 3).mean(0).reshape(-1, 3).astype(np.float64)
+    kept = labels.reshape(-1) != 255
+    averaged, flat_labels = averaged[kept], labels.reshape(-1)[kept]
+    for metric, expected in (
+        (metrics.EnsembleAccuracy(K, ignore_class=255), metrics.accuracy(averaged, flat_labels)),
+        (metrics.EnsembleNLL(K, ignore_class=255), metrics.negative_log_likelihood(averaged, flat_labels)),
+        (metrics.ExpectedCalibrationError(K, ignore_class=255), metrics.expected_calibration_error(averaged, flat_labels)),
+    ):
+        metric.update_state(labels, member_probabilities)
+        assert float(metric.result()) == pytest.approx(expected, abs=1e-5)
+        from_logits = type(metric)(K, from_logits=True, ignore_class=255)
+        from_logits.update_state(labels, logits)
+        assert float(from_logits.result()) == pytest.approx(expected, abs=1e-5)
