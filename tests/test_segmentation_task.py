@@ -93,3 +93,12 @@ def test_every_method_segments_through_the_binaries_path(tmp_path, deterministic
     options = OPTIONS if method != "dropout" else TaskOptions(**{**OPTIONS.__dict__, "dropout_rate": 0.1})
     result = run_experiment("glyph_segmentation", settings, TRAINING, options, output_dir)
     _check(result, output_dir, members=2)
+
+
+def test_the_miou_column_appears_only_for_segmentation_rows():
+    from rank1_keras.training.evaluation import markdown_table
+
+    classification = markdown_table([{"method": "rank1", "accuracy": 0.9}])
+    assert "mIoU" not in classification and classification.count("|") == 3 * 16  # 15 columns, 3 lines
+    segmentation = markdown_table([{"method": "rank1", "accuracy": 0.9, "mean_iou": 0.5}, {"method": "ensemble"}])
+    assert "| mIoU |" in segmentation and "| 0.5000 |" in segmentation

@@ -206,15 +206,27 @@ def _cell(result, key, form):
     return "-" if value is None else form.format(value)
 
 
-def markdown_header():
-    names = [name for name, _, _ in TABLE_COLUMNS]
+# Task-specific columns, shown only when a row has them (classification tables keep their layout).
+_OPTIONAL_COLUMNS = {"mean_iou"}
+
+
+def _columns(results):
+    return [
+        column for column in TABLE_COLUMNS
+        if column[1] not in _OPTIONAL_COLUMNS or any(column[1] in result for result in results)
+    ]
+
+
+def markdown_header(results=()):
+    names = [name for name, _, _ in _columns(results)]
     return "| " + " | ".join(names) + " |\n|" + "|".join("---" for _ in names) + "|"
 
 
-def markdown_row(result):
-    """One run's row of the comparison table (Markdown)."""
-    return "| " + " | ".join(_cell(result, key, form) for _, key, form in TABLE_COLUMNS) + " |"
+def markdown_row(result, results=None):
+    """One run's row of the comparison table (Markdown); `results`: the table's rows, for its columns."""
+    columns = _columns(results if results is not None else [result])
+    return "| " + " | ".join(_cell(result, key, form) for _, key, form in columns) + " |"
 
 
 def markdown_table(results):
-    return "\n".join([markdown_header()] + [markdown_row(result) for result in results])
+    return "\n".join([markdown_header(results)] + [markdown_row(result, results) for result in results])
