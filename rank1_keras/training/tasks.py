@@ -189,12 +189,23 @@ def _shifted_sets(options, images, labels, seed=0):
     }
 
 
-def _image_task(name, options, train, test, ood, serving_input, default_architecture="small_cnn", padding="valid", notes=""):
+def _image_task(
+    name, options, train, test, ood, serving_input, default_architecture="small_cnn", padding="valid", notes="",
+    num_classes=None, background_class=None,
+):
+    """`train`, `test`: (images, labels); `ood`: {name: (images, labels)}.
+
+    Segmentation (`background_class` set): labels are per-pixel maps, the
+    model is the small U-Net, and the task counts H*W positions per example.
+    """
     train, test = _first(train, options.train_examples), _first(test, options.test_examples)
     train, held_out = _hold_out(*train, options.validation_percent)
-    num_classes = int(max(train[1].max(), test[1].max())) + 1
+    num_classes = num_classes or int(max(train[1].max(), test[1].max())) + 1
     input_shape = tuple(train[0].shape[1:])
-    builder, spec = _image_builder(options, input_shape, num_classes, default_architecture, padding)
+    if background_class is None:
+        builder, spec = _image_builder(options, input_shape, num_classes, default_architecture, padding)
+    else:
+        builder, spec = _segmentation_builder(options, input_shape, num_classes)
     return Task(
         name=name,
         num_classes=num_classes,
@@ -203,13 +214,15 @@ def _image_task(name, options, train, test, ood, serving_input, default_architec
         evaluation=EvaluationSets(
             test=_arrays(*test),
             validation=_arrays(*held_out) if held_out else None,
-            ood={key: _arrays(images, np.zeros(len(images))) for key, images in ood.items()} if options.ood else {},
+            ood={key: _arrays(*arrays) for key, arrays in ood.items()} if options.ood else {},
             shifted=_shifted_sets(options, *test),
+            background_class=background_class,
         ),
         build_plain=builder,
         model_spec=spec,
         serving_input=serving_input,
         notes=notes,
+        positions_per_example=1 if background_class is None else int(np.prod(input_shape[:2])),
     )
 
 
@@ -220,7 +233,7 @@ def fashion_mnist_task(options):
     test = load_fashion_mnist(options.data_dir, "test")
     digits, _ = load_digits(image_size=(28, 28)) if options.ood else (None, None)
     return _image_task(
-        "fashion_mnist", options, train, test, {"digits": digits} if options.ood else {},
+        "fashion_mnist", options, train, test, {"digits": (digits, np.zeros(len(digits)))} if options.ood else {},
         ServingInput.images("uint8", scale=1.0 / 255.0),  # the loader's x / 255
         notes="Fashion-MNIST (Debian dataset-fashion-mnist); OOD: scikit-learn digits resized to 28x28",
     )
@@ -238,7 +251,7 @@ def digits_task(options):
     ood = {}
     if options.ood:
         fashion, _ = load_fashion_mnist(None, "test")
-        ood["fashion_mnist"] = resize_bilinear(fashion[:1000, :, :, 0], (8, 8))[..., None]
+        ood["fashion_mnist"] = (resize_bilinear(fashion[:1000, :, :, 0], (8, 8))[..., None], np.zeros(1000))
     return _image_task(
         "digits", options, train, test, ood, ServingInput.images("uint8", scale=1.0 / DIGITS_MAX_VALUE), padding="same",
         notes="scikit-learn digits, fixed 80/20 split; OOD: Fashion-MNIST test images resized to 8x8",
@@ -263,34 +276,17 @@ def glyph_segmentation_task(options):
     train_glyphs, test_glyphs = order[:cut], order[cut:]
     train = make_canvases(glyphs[train_glyphs], digits[train_glyphs], 3000, seed=1)
     test = make_canvases(glyphs[test_glyphs], digits[test_glyphs], 600, seed=2)
-    train, test = _first(train, options.train_examples), _first(test, options.test_examples)
-    train, held_out = _hold_out(*train, options.validation_percent)
     ood = {}
     if options.ood:
         fashion, _ = load_fashion_mnist(None, "test")
         patches = resize_bilinear(fashion[:1000, :, :, 0], (8, 8))[..., None]
-        ood["fashion_patch"] = _arrays(*make_ood_canvases(glyphs[test_glyphs], patches, 300, seed=3))
-    num_classes = 11
-    input_shape = tuple(train[0].shape[1:])
-    builder, spec = _segmentation_builder(options, input_shape, num_classes)
-    return Task(
-        name="glyph_segmentation",
-        num_classes=num_classes,
-        input_shape=input_shape,
-        train=_arrays(*train),
-        evaluation=EvaluationSets(
-            test=_arrays(*test),
-            validation=_arrays(*held_out) if held_out else None,
-            ood=ood,
-            shifted=_shifted_sets(options, *test),
-            background_class=0,
-        ),
-        build_plain=builder,
-        model_spec=spec,
-        serving_input=ServingInput.images("uint8", scale=1.0 / DIGITS_MAX_VALUE),
+        ood["fashion_patch"] = make_ood_canvases(glyphs[test_glyphs], patches, 300, seed=3)
+    return _image_task(
+        "glyph_segmentation", options, train, test, ood, ServingInput.images("uint8", scale=1.0 / DIGITS_MAX_VALUE),
         notes="scikit-learn digits glyphs, 3 per 32x32 canvas, a class per pixel (11); "
         "OOD: a Fashion-MNIST patch per canvas, pixel level",
-        positions_per_example=int(np.prod(input_shape[:2])),
+        num_classes=11,
+        background_class=0,
     )
 
 
