@@ -12,7 +12,9 @@ probabilities, predicted_class, confidence, predictive_entropy,
 mutual_information and member_probabilities; see `rank1_keras.export`.
 
 The export is written next to `--output_dir` and moved into place only once
-complete; an existing `--output_dir` is replaced only with `--overwrite`.
+complete. Each export holds a marker file (`EXPORT_MARKER`); `--overwrite`
+replaces an existing `--output_dir` only when it is such an earlier export,
+never a training run or any other directory or file.
 """
 
 import json
@@ -31,6 +33,9 @@ flags.DEFINE_integer("seed", 0, "Every request starts the random streams from th
 flags.DEFINE_bool("raw_input", True, "Take raw examples (uint8 images, sequences + lengths); else model features.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --output_dir.")
 flags.mark_flags_as_required(["checkpoint", "output_dir"])
+
+# Written into every export: what `--overwrite` may replace.
+EXPORT_MARKER = "rank1_keras_export.json"
 
 
 def _run_directory(checkpoint):
@@ -89,6 +94,11 @@ def export_run(checkpoint, output_dir, num_samples=None, seed=0, raw_input=True,
 
     if os.path.exists(output_dir) and not overwrite:
         raise ValueError(f"--output_dir={output_dir} exists; choose another or pass --overwrite.")
+    if os.path.exists(output_dir) and not os.path.isfile(os.path.join(output_dir, EXPORT_MARKER)):
+        raise ValueError(
+            f"--output_dir={output_dir} exists and is not an earlier export (it has no {EXPORT_MARKER}); "
+            "--overwrite replaces only an export. Choose another --output_dir."
+        )
     models, settings = load_trained_models(checkpoint)
     if num_samples is None:
         num_samples = MethodSettings(**settings["method"]).eval_samples
@@ -100,6 +110,8 @@ def export_run(checkpoint, output_dir, num_samples=None, seed=0, raw_input=True,
         export_for_serving(
             inference_model(models), staging, num_samples=num_samples, seed=seed, serving_input=serving_input
         )
+        with open(os.path.join(staging, EXPORT_MARKER), "w", encoding="utf-8") as stream:
+            json.dump({"checkpoint": os.path.abspath(checkpoint), "num_samples": num_samples, "seed": seed}, stream)
         if os.path.exists(output_dir):
             shutil.rmtree(output_dir)
         os.replace(staging, output_dir)

@@ -566,7 +566,7 @@ def convert(
     if dropout_rate is not None:
         if not spec.inserts_dropout:
             raise ValueError(f"dropout_rate applies to method='dropout' only; got method={method!r}.")
-        validation.check_probability(dropout_rate, "dropout_rate")
+        validation.check_rate(dropout_rate, "dropout_rate")
     known = set().union(*(_constructor_arguments(c) for c in spec.layer_classes)) if spec.layer_classes else set()
     known |= set(spec.passes_options)
     unknown = sorted(set(options) - known)

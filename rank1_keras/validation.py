@@ -51,6 +51,14 @@ def check_probability(value, name):
     return value
 
 
+def check_rate(value, name):
+    """A dropout-style rate in [0, 1): at 1 every unit is dropped and nothing is learned."""
+    value = check_finite(value, name)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1) (1 drops every unit); got {name}={value!r}.")
+    return value
+
+
 def check_choice(value, name, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}; got {name}={value!r}.")

@@ -365,6 +365,23 @@ def test_export_binary_serves_the_trained_run(tmp_path, method):
     np.testing.assert_allclose(metrics.negative_log_likelihood(served["probabilities"].astype("float64"), labels), result["nll"], atol=1e-5)
     with pytest.raises(ValueError, match="exists"):
         export_run(run, exported)
+    if method == "ensemble":
+        return
+    # --overwrite replaces an earlier export, and nothing else: not the run itself (whose
+    # checkpoints, results and logs it would delete), not another directory, not a file.
+    before = sorted(os.listdir(run))
+    with pytest.raises(ValueError, match="is not an earlier export"):
+        export_run(run, run, overwrite=True)
+    assert sorted(os.listdir(run)) == before
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    (tmp_path / "file").write_text("mine")
+    for target in (tmp_path / "notes", tmp_path / "file"):
+        with pytest.raises(ValueError, match="is not an earlier export"):
+            export_run(run, str(target), overwrite=True)
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine" and (tmp_path / "file").read_text() == "mine"
+    assert export_run(run, exported, overwrite=True) == exported
+    np.testing.assert_allclose(_serve(exported, raw)["probabilities"], served["probabilities"], atol=1e-6)
 
 
 @pytest.mark.slow  # a subprocess; the library path of the same errors runs in the default suite

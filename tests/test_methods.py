@@ -9,6 +9,7 @@ from rank1_keras.callbacks import rank1_layers
 from rank1_keras.layers.dropout import MCDropout
 from rank1_keras.models import MethodSettings, build_method_models, inference_model, method_names, small_cnn
 from rank1_keras.models.methods import register_method_builder
+from rank1_keras.training.tasks import TaskOptions
 
 
 def _plain():
@@ -130,3 +131,19 @@ def test_lpbnn_latent_inference_is_selectable():
     assert np.abs(outputs["sample"][0] - outputs["sample"][1]).max() > 1e-6  # fresh latent draws
     with pytest.raises(ValueError, match="latent_inference"):
         MethodSettings("lpbnn", latent_inference="median")
+
+
+@pytest.mark.parametrize(
+    "make, pattern",
+    [
+        (lambda: MethodSettings(method="dropout", dropout_rate=1.0), r"dropout_rate must be in \[0, 1\)"),
+        (lambda: TaskOptions(dropout_rate=1.0), r"dropout_rate must be in \[0, 1\)"),
+        (lambda: TaskOptions(train_examples=-5), r"train_examples must be a non-negative integer"),
+        (lambda: TaskOptions(test_examples=-1), r"test_examples must be a non-negative integer"),
+        (lambda: TaskOptions(shift_examples=-3), r"shift_examples must be a non-negative integer"),
+    ],
+)
+def test_meaningless_values_are_refused(make, pattern):
+    # --dropout_rate=1.0 trained at chance and --train_examples=-5 meant "all but the last 5".
+    with pytest.raises(ValueError, match=pattern):
+        make()

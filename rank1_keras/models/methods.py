@@ -119,7 +119,7 @@ class MethodSettings:
         validation.check_positive_finite(self.posterior_initial_stddev, "posterior_initial_stddev")
         validation.check_choice(self.alpha_initializer, "alpha_initializer", FACTOR_INITIALIZERS)
         validation.check_choice(self.gamma_initializer, "gamma_initializer", FACTOR_INITIALIZERS)
-        validation.check_probability(self.dropout_rate, "dropout_rate")
+        validation.check_rate(self.dropout_rate, "dropout_rate")
         validation.check_positive_int(self.num_eval_samples, "num_eval_samples")
         validation.check_choice(self.training_likelihood, "training_likelihood", TRAINING_LIKELIHOODS)
         validation.check_choice(self.training_batch, "training_batch", TRAINING_BATCHES)

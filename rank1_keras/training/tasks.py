@@ -67,6 +67,10 @@ class TaskOptions:
     image_size: int = 224
 
     def __post_init__(self):
+        # 0 means "all"; a negative count would silently mean "all but the last |N|".
+        for name in ("train_examples", "test_examples", "shift_examples"):
+            validation.check_non_negative_int(getattr(self, name), name)
+        validation.check_rate(self.dropout_rate, "dropout_rate")
         if not 0.0 <= self.validation_percent < 100.0:
             raise ValueError(f"validation_percent must be in [0, 100); got {self.validation_percent}.")
         if self.architecture is not None:
