@@ -91,6 +91,7 @@ def export_run(checkpoint, output_dir, num_samples=None, seed=0, raw_input=True,
     """Exports the run at `checkpoint` to `output_dir` (see the module docstring); returns the path."""
     from rank1_keras.export import ServingInput, export_for_serving
     from rank1_keras.models.methods import MethodSettings, inference_model
+    from rank1_keras.training.checkpoint import umask_mode
 
     if os.path.exists(output_dir) and not overwrite:
         raise ValueError(f"--output_dir={output_dir} exists; choose another or pass --overwrite.")
@@ -112,6 +113,7 @@ def export_run(checkpoint, output_dir, num_samples=None, seed=0, raw_input=True,
         )
         with open(os.path.join(staging, EXPORT_MARKER), "w", encoding="utf-8") as stream:
             json.dump({"checkpoint": os.path.abspath(checkpoint), "num_samples": num_samples, "seed": seed}, stream)
+        os.chmod(staging, umask_mode(0o777))  # mkdtemp's 0700, as mkdir would have made it
         if os.path.exists(output_dir):
             shutil.rmtree(output_dir)
         os.replace(staging, output_dir)

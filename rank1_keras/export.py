@@ -204,7 +204,12 @@ def _sequence_preprocessor(serving_input, model_shape):
 
 def _features_preprocessor(model_shape):
     def preprocess(inputs):
-        return _check_shape(inputs, "inputs", tuple(model_shape), "float32")
+        inputs = _check_shape(inputs, "inputs", tuple(model_shape), "float32")
+        # A NaN or inf input is refused, not answered: what a network makes of it depends on
+        # how the CPU's min/max treat NaN, and a finite answer would look like a real one.
+        finite = tf.reduce_all(tf.math.is_finite(inputs))
+        with tf.control_dependencies([tf.debugging.Assert(finite, ["inputs must be finite (no NaN or inf)"])]):
+            return tf.identity(inputs)
 
     return {"inputs": tf.TensorSpec(None, tf.float32, name="inputs")}, preprocess
 

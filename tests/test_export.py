@@ -381,6 +381,11 @@ def test_export_binary_serves_the_trained_run(tmp_path, method):
             export_run(run, str(target), overwrite=True)
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine" and (tmp_path / "file").read_text() == "mine"
     assert export_run(run, exported, overwrite=True) == exported
+    # Files and directories follow the umask (mkstemp/mkdtemp alone would make them 0600/0700).
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(exported).st_mode & 0o777 == 0o777 & ~mask
+    assert os.stat(os.path.join(run, "results.json")).st_mode & 0o777 == 0o666 & ~mask
     np.testing.assert_allclose(_serve(exported, raw)["probabilities"], served["probabilities"], atol=1e-6)
 
 

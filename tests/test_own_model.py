@@ -460,3 +460,15 @@ def test_streaming_metrics_count_pixels_and_skip_the_ignore_label():
         from_logits = type(metric)(K, from_logits=True, ignore_class=255)
         from_logits.update_state(labels, logits)
         assert float(from_logits.result()) == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_float_feature_export_refuses_non_finite_inputs(tmp_path):
+    x, _ = _iris()
+    converted = r1.convert(_classifier(), "batchensemble", K)
+    serve = tf.saved_model.load(export_for_serving(converted, str(tmp_path / "iris"))).signatures["serving_default"]
+    assert np.isfinite(serve(tf.constant(x[:3]))["confidence"].numpy()).all()
+    for bad in (np.nan, np.inf):
+        features = x[:3].copy()
+        features[1, 2] = bad
+        with pytest.raises(tf.errors.InvalidArgumentError, match="inputs must be finite"):
+            serve(tf.constant(features))

@@ -34,6 +34,17 @@ def _describe(variables):
     return [[variable.path, list(variable.shape)] for variable in variables]
 
 
+def umask_mode(full_mode):
+    """`full_mode` (0o666 files, 0o777 directories) less the process's umask, as `open`/`mkdir` give.
+
+    mkstemp/mkdtemp create private 0600/0700 entries; what we write follows the
+    user's umask like files written by other tools.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return full_mode & ~mask
+
+
 def write_atomically(path, write):
     """Calls `write(stream)` on a temporary file next to `path`, then renames it over `path`."""
     directory = os.path.dirname(path) or "."
@@ -44,6 +55,7 @@ def write_atomically(path, write):
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, umask_mode(0o666))
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
