@@ -36,10 +36,16 @@ def average_member_probabilities(probabilities, ensemble_size):
     Averages probabilities, never logits: the ensemble's predictive
     distribution is the mixture (1/K) sum_k p(y | x, theta_k).
     """
-    return tf.reduce_mean(split_members(probabilities, ensemble_size), axis=0)
+    return average_members(probabilities, ensemble_size, "probabilities")
+
+
+def swap_member_axes(tensor):
+    """(K, B, ...) <-> (B, K, ...): members and examples trade places; other axes stay."""
+    return tf.transpose(tensor, [1, 0] + list(range(2, len(tensor.shape))))
 
 
 OUTPUT_TYPES = ("probabilities", "logits", "regression", "gaussian")
+CLASSIFIER_OUTPUT_TYPES = ("probabilities", "logits")
 
 
 def average_members(outputs, ensemble_size, output_type="probabilities"):
@@ -72,17 +78,23 @@ def average_members(outputs, ensemble_size, output_type="probabilities"):
     raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}; got output_type={output_type!r}.")
 
 
+def check_classifier_output(output_type):
+    """Raises a ValueError for regression outputs, which have no class probabilities."""
+    if output_type not in CLASSIFIER_OUTPUT_TYPES:
+        raise ValueError(
+            f"class probabilities need a classifier's outputs (output_type one of {list(CLASSIFIER_OUTPUT_TYPES)}); "
+            f"got output_type={output_type!r}."
+        )
+    return output_type
+
+
 def class_probabilities(outputs, output_type="probabilities"):
     """Class probabilities (..., C) from a classifier's outputs; one sigmoid unit -> (..., 2).
 
     Raises:
         ValueError: for regression outputs, which have no classes.
     """
-    if output_type not in ("probabilities", "logits"):
-        raise ValueError(
-            f"class probabilities need a classifier's outputs (output_type 'probabilities' or 'logits'); "
-            f"got output_type={output_type!r}."
-        )
+    check_classifier_output(output_type)
     outputs = tf.convert_to_tensor(outputs)
     if outputs.shape[-1] == 1:  # Bernoulli: p(y = 1) -> (p(0), p(1))
         positive = tf.sigmoid(outputs) if output_type == "logits" else outputs
@@ -238,8 +250,7 @@ class MemberAxis(keras.layers.Layer):
         self.supports_masking = True
 
     def call(self, inputs):
-        members = split_members(inputs, self.ensemble_size)
-        return tf.transpose(members, [1, 0] + list(range(2, len(members.shape))))
+        return swap_member_axes(split_members(inputs, self.ensemble_size))
 
     def compute_mask(self, inputs, mask=None):
         return None if mask is None else split_members(mask, self.ensemble_size)[0]

@@ -43,7 +43,7 @@ import tensorflow as tf
 
 from rank1_keras import validation
 from rank1_keras.convert import member_output_types, member_outputs
-from rank1_keras.ensemble import AverageMembers, class_probabilities
+from rank1_keras.ensemble import AverageMembers, check_classifier_output, class_probabilities, swap_member_axes
 
 SERVING_INPUT_KINDS = ("features", "images", "sequences")
 _INPUT_DTYPES = ("float32", "uint8")
@@ -275,13 +275,8 @@ def uncertainty_outputs(member_probabilities):
         "confidence": tf.reduce_max(probabilities, axis=-1),
         "predictive_entropy": entropy,
         "mutual_information": entropy - tf.reduce_mean(_entropy(members), axis=0),
-        "member_probabilities": tf.transpose(members, _swap_first_axes(members)),
+        "member_probabilities": swap_member_axes(members),
     }
-
-
-def _swap_first_axes(tensor):
-    # (M, B, ...) <-> (B, M, ...): members and examples trade places; dense outputs keep their other axes.
-    return [1, 0] + list(range(2, len(tensor.shape)))
 
 
 def export_for_serving(model, path, num_samples=1, seed=0, serving_input=None):
@@ -318,8 +313,7 @@ def export_for_serving(model, path, num_samples=1, seed=0, serving_input=None):
         )
     has_members = any(isinstance(layer, AverageMembers) for layer in model.layers)
     rows_model = member_outputs(model) if has_members else model
-    output_type = member_output_types(model)[0] if has_members else "probabilities"
-    class_probabilities(tf.zeros((1, 2)), output_type)  # refuses regression models early
+    output_type = check_classifier_output(member_output_types(model)[0] if has_members else "probabilities")
     model_shape = tuple(model.inputs[0].shape)
     spec, preprocess = _preprocessor(serving_input, model_shape)
     generators = seed_generators(rows_model)
@@ -334,7 +328,7 @@ def export_for_serving(model, path, num_samples=1, seed=0, serving_input=None):
         for _ in range(num_samples):
             outputs = tf.cast(rows_model(inputs, training=False), tf.float32)
             # Members come on axis 1, (B, K, C); a plain model gives (B, C), one member.
-            members = tf.transpose(outputs, _swap_first_axes(outputs)) if has_members else outputs[None]
+            members = swap_member_axes(outputs) if has_members else outputs[None]
             passes.append(class_probabilities(members, output_type))
         return uncertainty_outputs(tf.concat(passes, axis=0))
 

@@ -29,6 +29,7 @@ from keras.src.backend import get_keras_mask  # Keras' own losses read masks the
 from keras.src.losses.loss import reduce_weighted_values
 
 from rank1_keras import validation
+from rank1_keras.ensemble import gaussian_parts
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -143,13 +144,8 @@ def gaussian_log_likelihood(y_true, members):
         y_true: (B, d..., D) targets (or (B,) for D = 1).
         members: (M, B, d..., 2*D): D means, then D positive scales.
     """
-    width = members.shape[-1]
-    if width is None or width % 2:
-        raise ValueError(
-            f"A Gaussian head needs 2*D outputs (D means, then D scales) on the last axis; got y_pred of shape "
-            f"{tuple(members.shape[1:])}. End the model with rank1_keras.layers.GaussianParameters()."
-        )
-    outputs = width // 2
+    mean, scale = gaussian_parts(members)
+    outputs = mean.shape[-1]
     y_true = tf.cast(y_true, members.dtype)
     if y_true.shape.rank == members.shape.rank - 2 and outputs == 1:
         y_true = y_true[..., None]
@@ -158,7 +154,6 @@ def gaussian_log_likelihood(y_true, members):
             f"y_true must have shape (B, ..., {outputs}) for a Gaussian head of {outputs} output(s) "
             f"(y_pred's last axis is 2*{outputs}); got y_true of shape {tuple(y_true.shape)}."
         )
-    mean, scale = members[..., :outputs], members[..., outputs:]
     standardized = (y_true[None] - mean) / scale
     return tf.reduce_sum(-_HALF_LOG_TWO_PI - tf.math.log(scale) - 0.5 * tf.square(standardized), axis=-1)
 

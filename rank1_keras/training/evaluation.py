@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from rank1_keras import metrics
 from rank1_keras.convert import member_output_types, member_outputs
-from rank1_keras.ensemble import AverageMembers, class_probabilities
+from rank1_keras.ensemble import AverageMembers, class_probabilities, swap_member_axes
 from rank1_keras.training.loop import TrainData, epoch_dataset
 
 
@@ -56,8 +56,7 @@ def member_predictor(model):
 
         def predict(features):
             members = members_model(features, training=False)  # (B, K, ..., C)
-            members = tf.transpose(members, [1, 0] + list(range(2, len(members.shape))))
-            return class_probabilities(members, output_type)
+            return class_probabilities(swap_member_axes(members), output_type)
 
     else:
 
