@@ -9,6 +9,7 @@ defaults, then `run(main)`. Learning rates are given for a global batch of
 the defaults here are already rescaled to the default 250 epochs).
 """
 
+import errno
 import sys
 
 from absl import app, flags
@@ -248,14 +249,31 @@ def _expected_errors():
     return (DataNotFoundError, CheckpointError, ValueError, FloatingPointError, app.UsageError)
 
 
+def describe_os_error(error):
+    """One line for a file-system failure: what failed, where, and what to do."""
+    path = error.filename if error.filename is not None else "a file"
+    advice = {
+        errno.ENOSPC: "free some space or choose another --output_dir; the run resumes from its last checkpoint",
+        errno.EDQUOT: "free some space or choose another --output_dir; the run resumes from its last checkpoint",
+        errno.EROFS: "the file system is read-only: choose a writable --output_dir",
+        errno.EACCES: "no permission: choose a directory you can write to",
+        errno.EPERM: "no permission: choose a directory you can write to",
+        errno.EFBIG: "the file would exceed the size limit (ulimit -f): raise it or choose another --output_dir",
+    }.get(error.errno, "check the path and the file system")
+    return f"cannot write or read {path}: {error.strerror or error} (errno {error.errno}); {advice}."
+
+
 def run(main_function=main):
-    """`app.run` with one-line errors for bad flags, data and checkpoints."""
+    """`app.run` with one-line errors for bad flags, data, checkpoints and file systems."""
 
     def guarded(argv):
         try:
             main_function(argv)
         except _expected_errors() as error:
             print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+        except OSError as error:
+            print(f"error: {describe_os_error(error)}", file=sys.stderr)
             sys.exit(1)
 
     app.run(guarded, flags_parser=_parse_flags_or_exit)

@@ -20,6 +20,7 @@ never a training run or any other directory or file.
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 from absl import app, flags
@@ -62,7 +63,7 @@ def load_trained_models(checkpoint):
     import keras
 
     from rank1_keras.models.methods import MethodSettings, build_method_models
-    from rank1_keras.training.checkpoint import CheckpointError, latest_checkpoint, restore_model_weights
+    from rank1_keras.training.checkpoint import CheckpointError, find_resume_checkpoint, restore_model_weights
     from rank1_keras.training.experiment import RUN_SETTINGS
     from rank1_keras.training.loop import checkpoint_directory
     from rank1_keras.training.tasks import TaskOptions, plain_builder
@@ -80,10 +81,18 @@ def load_trained_models(checkpoint):
             f"pass the run directory {run_dir}."
         )
     for index, model in enumerate(models):
-        path = checkpoint_file or latest_checkpoint(checkpoint_directory(run_dir, index if len(models) > 1 else None))
+        path = checkpoint_file
         if path is None:
-            raise CheckpointError(f"{run_dir} has no checkpoint for model {index}: was it trained?")
-        restore_model_weights(path, model)
+            found = find_resume_checkpoint(checkpoint_directory(run_dir, index if len(models) > 1 else None))
+            for note in found.notes:
+                print(f"warning: {note}", file=sys.stderr, flush=True)
+            path = found.path
+        if path is None:
+            raise CheckpointError(f"{run_dir} has no readable checkpoint for model {index}: was it trained?")
+        try:
+            restore_model_weights(path, model)
+        except CheckpointError as error:
+            raise CheckpointError(f"--checkpoint={checkpoint}: {error} It does not match {RUN_SETTINGS}.") from error
     return models, settings
 
 

@@ -376,23 +376,64 @@ BAD_INPUT = {
         "baselines.cifar", ["--data_dir={tmp}/nowhere", "--depth=10", "--width_multiplier=1"], 1,
         ["is not prepared in data_dir='{tmp}/nowhere'", "does not exist", "tfds build"],
     ),
-    "split_batch_not_divisible": (
-        "baselines.embedded",
-        ["--dataset=digits", "--method=rank1", "--ensemble_size=3", "--training_batch=split",
-         "--per_core_batch_size=8"],
-        1, ["per_core_batch_size=8", "divisible by ensemble_size=3", "split"],
-    ),
     "flagfile_unknown_flag": (
         "baselines.compare", ["--flagfile={tmp}/bad.cfg"], 2, ["Unknown command line flag 'bogus_flag'"],
     ),
+    "garbage_pretrained_weights": (
+        "baselines.embedded",
+        ["--dataset=digits", "--method=bella", "--pretrained_checkpoint={tmp}/garbage.weights.h5", "--noood",
+         "--corruptions=", "--train_epochs=1"],
+        1, ["pretrained_checkpoint={tmp}/garbage.weights.h5 could not be loaded", "deterministic run"],
+    ),
+    "output_dir_is_a_file": (
+        "baselines.embedded", ["--dataset=digits", "--method=deterministic"], 1,
+        ["--output_dir={out} is a file, not a directory"],
+    ),
+    # Checkpoints larger than `ulimit -f` (an unprivileged stand-in for a full disk: the same OSError path).
+    "file_size_limit": ("baselines.embedded", ["--dataset=digits"], 1, ["cannot write or read {out}", "errno 27", "ulimit -f"]),
+    # In a user and mount namespace (`unshare -r -m`): output_dir on a tmpfs that is read-only, or full.
+    "read_only_file_system": ("baselines.embedded", ["--dataset=digits"], 1, ["cannot write or read {out}", "errno 30", "read-only"]),
+    "full_disk": ("baselines.embedded", ["--dataset=digits"], 1, ["cannot write or read {out}", "errno 28", "free some space"]),
 }
-# The first run must succeed; the rerun with the same flags meets its truncated checkpoint.
+# Cases whose output_dir starts empty (they reach training: a filled one would hold a fake checkpoint).
+EMPTY_OUTPUT_DIR = {"file_size_limit", "read_only_file_system", "full_disk"}
+FILE_SIZE_LIMIT = 256 * 1024  # bytes; a digits checkpoint (630 KiB) is larger, run_settings.json much smaller
+# tmpfs sizes: the write check and run_settings.json fit, the first checkpoint does not.
+NAMESPACE_MOUNTS = {"read_only_file_system": "ro,size=1m", "full_disk": "size=256k"}
+
+# A finished two-epoch digits run; each case below then runs on its own copy of it.
 DIGITS_FLAGS = [
-    "--dataset=digits", "--method=deterministic", "--train_epochs=1", "--steps_per_epoch=2",
+    "--dataset=digits", "--method=deterministic", "--train_epochs=2", "--steps_per_epoch=2",
     "--per_core_batch_size=16", "--corruptions=", "--noood", "--verbose=0",
 ]
-CORRUPT = "corrupt_checkpoint"
-BAD_CASES = sorted(BAD_INPUT) + [CORRUPT]
+# name: (module, flags, exit code, substrings of the last stderr line); `{run}` is the copy.
+ON_A_FINISHED_RUN = {
+    # The issue's rerun: new settings must not relabel the old weights.
+    "rerun_with_other_settings": (
+        "baselines.embedded",
+        DIGITS_FLAGS + ["--base_learning_rate=0.5", "--prior_stddev=0.7", "--train_examples=150", "--output_dir={run}"],
+        1, ["was trained with other settings", "base_learning_rate", "prior_stddev: 0.1 in the checkpoint, 0.7 now",
+            "train_examples: 0 in the checkpoint, 150 now", "fresh --output_dir"],
+    ),
+    "export_over_the_run": (
+        "baselines.export", ["--checkpoint={run}", "--output_dir={run}", "--overwrite"], 1,
+        ["--output_dir={run} exists and is not an earlier export"],
+    ),
+}
+TRUNCATED = "truncated_newest_checkpoint"  # resumes from the checkpoint before, keeping the damaged one
+BAD_CASES = sorted(BAD_INPUT) + sorted(ON_A_FINISHED_RUN)
+
+
+def _namespaces_work():
+    """Whether `unshare -r -m` may mount a tmpfs here (user namespaces allowed)."""
+    try:
+        probe = subprocess.run(
+            ["unshare", "-r", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /tmp"],
+            capture_output=True, timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
 
 
 def _snapshot(directory):
@@ -407,18 +448,32 @@ def _snapshot(directory):
 
 
 class _Binary:
-    """One `python -m <module>` run in the background, output to files."""
+    """One `python -m <module>` run in the background, output to files.
 
-    def __init__(self, directory, module, flags):
+    `file_size_limit` sets `ulimit -f` (bytes); `mount` runs it in a user and
+    mount namespace with a tmpfs of those options on `output_dir`.
+    """
+
+    def __init__(self, directory, module, flags, file_size_limit=None, mount=None, output_dir=None):
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
         self.command = [sys.executable, "-m", module, *flags]
+        if mount is not None:
+            script = f'mount -t tmpfs -o "{mount}" tmpfs "$1" && shift && exec "$@"'
+            self.command = ["unshare", "-r", "-m", "sh", "-c", script, "sh", output_dir, *self.command]
+
+        def limit_file_size():
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
         # Closed in `wait`: the files outlive this call, the process writes to them.
         self._stdout = open(os.path.join(directory, "stdout.txt"), "wb")  # noqa: SIM115
         self._stderr = open(os.path.join(directory, "stderr.txt"), "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
-            self.command, stdout=self._stdout, stderr=self._stderr, stdin=subprocess.DEVNULL, env=env, cwd=ROOT
+            self.command, stdout=self._stdout, stderr=self._stderr, stdin=subprocess.DEVNULL, env=env, cwd=ROOT,
+            preexec_fn=limit_file_size if file_size_limit else None,
         )
 
     def wait(self, timeout=600):
@@ -452,55 +507,82 @@ def _fill_output_dir(output_dir):
 
 
 class BadRuns:
-    """Starts every bad-input case at once; the corrupt-checkpoint rerun after its first run."""
+    """Starts every bad-input case at once; the cases on a finished run once that run is done."""
 
     def __init__(self, base):
         self.base = str(base)
         self.before, self.runs = {}, {}
+        self.namespaces = _namespaces_work()
         with open(os.path.join(self.base, "bad.cfg"), "w", encoding="utf-8") as stream:
             stream.write("--dataset=digits\n--methods=deterministic\n--bogus_flag=3\n")
-        # The successful first run of the corrupt case goes first: the rerun waits for it.
-        self.output_dirs = {case: os.path.join(self.base, case, "output") for case in BAD_CASES}
+        with open(os.path.join(self.base, "garbage.weights.h5"), "wb") as stream:
+            stream.write(bytes(range(256)) * 4)
+        self.output_dirs = {case: os.path.join(self.base, case, "output") for case in BAD_CASES + [TRUNCATED]}
+        # The finished run goes first: the cases on it wait for it.
+        self.finished_run = os.path.join(self.base, "finished_run")
         self._first = _Binary(
-            os.path.join(self.base, CORRUPT, "first"), "baselines.embedded",
-            DIGITS_FLAGS + [f"--output_dir={self.output_dirs[CORRUPT]}"],
+            os.path.join(self.base, "finished_run_logs"), "baselines.embedded",
+            DIGITS_FLAGS + [f"--output_dir={self.finished_run}"],
         )
         for case, (module, flags, _, _) in BAD_INPUT.items():
+            if case in NAMESPACE_MOUNTS and not self.namespaces:
+                continue
             output_dir = self.output_dirs[case]
-            _fill_output_dir(output_dir)
+            if case == "output_dir_is_a_file":
+                os.makedirs(os.path.dirname(output_dir))
+                with open(output_dir, "wb") as stream:
+                    stream.write(b"my notes")
+            elif case in EMPTY_OUTPUT_DIR:
+                os.makedirs(output_dir)
+            else:
+                _fill_output_dir(output_dir)
             self.before[case] = _snapshot(output_dir)
             flags = [flag.format(tmp=self.base) for flag in flags] + [f"--output_dir={output_dir}"]
-            self.runs[case] = _Binary(os.path.join(self.base, case, "logs"), module, flags)
+            self.runs[case] = _Binary(
+                os.path.join(self.base, case, "logs"), module, flags,
+                file_size_limit=FILE_SIZE_LIMIT if case == "file_size_limit" else None,
+                mount=NAMESPACE_MOUNTS.get(case), output_dir=output_dir,
+            )
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        self._rerun = self._executor.submit(self._corrupt_and_rerun)
+        self._dependents = self._executor.submit(self._start_on_the_finished_run)
 
-    def _corrupt_and_rerun(self):
+    def _start_on_the_finished_run(self):
+        import shutil
+
         returncode, stdout, stderr = self._first.wait()
-        output_dir = self.output_dirs[CORRUPT]
         assert returncode == 0, f"the first digits run failed:\n{stdout[-2000:]}\n{stderr[-3000:]}"
-        checkpoint = os.path.join(output_dir, "checkpoints", "ckpt-00001.npz")
-        assert os.path.exists(os.path.join(output_dir, "results.json")) and os.path.exists(checkpoint)
-        size = os.path.getsize(checkpoint)
-        with open(checkpoint, "r+b") as stream:
-            stream.truncate(size // 2)
-        self.before[CORRUPT] = _snapshot(output_dir)
-        return _Binary(
-            os.path.join(self.base, CORRUPT, "rerun"), "baselines.embedded",
-            DIGITS_FLAGS + [f"--output_dir={output_dir}"],
-        )
+        assert os.path.exists(os.path.join(self.finished_run, "results.json"))
+        runs = {}
+        for case in sorted(ON_A_FINISHED_RUN) + [TRUNCATED]:
+            shutil.copytree(self.finished_run, self.output_dirs[case])
+        newest = os.path.join(self.output_dirs[TRUNCATED], "checkpoints", "ckpt-00002.npz")
+        with open(newest, "r+b") as stream:
+            stream.truncate(os.path.getsize(newest) // 2)
+        for case in sorted(ON_A_FINISHED_RUN) + [TRUNCATED]:
+            self.before[case] = _snapshot(self.output_dirs[case])
+            module, flags = ON_A_FINISHED_RUN.get(case, ("baselines.embedded", DIGITS_FLAGS + ["--output_dir={run}"]))[:2]
+            flags = [flag.format(run=self.output_dirs[case]) for flag in flags]
+            runs[case] = _Binary(os.path.join(self.base, case, "logs"), module, flags)
+        return runs
 
     def result(self, case):
         """(exit code, stdout, stderr, files before, files after) of a case."""
-        run = self._rerun.result(timeout=600) if case == CORRUPT else self.runs[case]
+        if case in NAMESPACE_MOUNTS and not self.namespaces:
+            pytest.skip("user namespaces (unshare -r -m) are not allowed on this machine")
+        run = self._dependents.result(timeout=600)[case] if case in self._dependent_cases else self.runs[case]
         returncode, stdout, stderr = run.wait()
-        return returncode, stdout, stderr, self.before[case], _snapshot(self.output_dirs[case])
+        after = _snapshot(self.output_dirs[case]) if case not in NAMESPACE_MOUNTS else {}
+        return returncode, stdout, stderr, self.before[case], after
+
+    _dependent_cases = set(ON_A_FINISHED_RUN) | {TRUNCATED}
 
     def stop(self):
         for run in self.runs.values():
             run.stop()
         self._first.stop()
-        if self._rerun.exception(timeout=600) is None:  # else the first run failed: its test says so
-            self._rerun.result().stop()
+        if self._dependents.exception(timeout=600) is None:  # else the first run failed: its test says so
+            for run in self._dependents.result().values():
+                run.stop()
         self._executor.shutdown()
 
 
@@ -528,14 +610,9 @@ def test_bad_input_fails_with_one_error_line(bad_runs, case):
     assert lines, f"no stderr; stdout:\n{stdout[-2000:]}"
     last = lines[-1]
     assert last.startswith("error:"), stderr[-3000:]
-    if case == CORRUPT:
-        expected_code = 1
-        checkpoint = os.path.join(bad_runs.output_dirs[CORRUPT], "checkpoints", "ckpt-00001.npz")
-        substrings = [f"checkpoint {checkpoint} is corrupt or unreadable", "delete it"]
-        assert {"results.json", "results.md", "checkpoints/latest", "checkpoints/ckpt-00001.npz"} <= set(before)
-    else:
-        _, _, expected_code, substrings = BAD_INPUT[case]
-        substrings = [s.format(tmp=bad_runs.base) for s in substrings]
+    module, _, expected_code, substrings = {**BAD_INPUT, **ON_A_FINISHED_RUN}[case]
+    output_dir = bad_runs.output_dirs[case]
+    substrings = [s.format(tmp=bad_runs.base, out=output_dir, run=output_dir) for s in substrings]
     assert returncode == expected_code, stderr[-3000:]
     for substring in substrings:
         assert substring in last, (substring, last)
@@ -544,3 +621,21 @@ def test_bad_input_fails_with_one_error_line(bad_runs, case):
     assert set(before) <= set(after)
     for name, content in before.items():
         assert after[name] == content, f"{name} changed"
+    if case == "output_dir_is_a_file":
+        with open(output_dir, "rb") as stream:
+            assert stream.read() == b"my notes"
+    if case == "file_size_limit":  # the failed write left no partial file behind
+        assert not [name for name in after if os.path.basename(name).startswith(".tmp-")], sorted(after)
+
+
+def test_a_truncated_newest_checkpoint_resumes_from_the_one_before(bad_runs):
+    returncode, stdout, stderr, before, after = bad_runs.result(TRUNCATED)
+    assert returncode == 0, stderr[-3000:]
+    output_dir = bad_runs.output_dirs[TRUNCATED]
+    newest = os.path.join(output_dir, "checkpoints", "ckpt-00002.npz")
+    assert f"skipped checkpoint {newest}" in stderr and f"kept as {newest}.unreadable" in stderr
+    # The damaged file is kept, byte for byte; epoch 2 was trained again from ckpt-00001.
+    assert after[os.path.join("checkpoints", "ckpt-00002.npz.unreadable")] == before[os.path.join("checkpoints", "ckpt-00002.npz")]
+    with open(os.path.join(output_dir, "results.json"), encoding="utf-8") as stream:
+        assert json.load(stream)["resumed_from_epoch"] == [1]
+    assert read_header(newest)["epoch"] == 2

@@ -1,5 +1,9 @@
 """A training binary killed with SIGKILL and started again ends on the weights of an
-uninterrupted run (rank-1: sampled factors and seeded data order must both replay)."""
+uninterrupted run (rank-1: sampled factors and seeded data order must both replay).
+
+The kill lands the moment `ckpt-00001.npz` appears, which is what a resume
+reads: often before the `latest` pointer names it (the race a loaded machine
+made visible), and the restart must still resume from epoch 1, not 0."""
 
 import json
 import os

@@ -220,6 +220,16 @@ def test_lpbnn(kind, tmp_path):
     model(np.ones((2,) + tuple(size or 3 for size in model.input_shape[1:]), np.float32), training=True)
     assert len(model.losses) == len(latent_layers)
 
+    # Bella given this run as its frozen network: one error naming Bella's flag and the run's method.
+    from rank1_keras.models.methods import load_pretrained
+    from rank1_keras.training.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError) as error:
+        load_pretrained(plain, output_dir)
+    message = str(error.value)
+    assert message.startswith(f"pretrained_checkpoint={output_dir} does not fit the plain network"), message
+    assert "It is a --method=lpbnn run" in message and "--output_dir" not in message.replace("deterministic run's --output_dir", "")
+
 
 def _hand_count(plain, particles, rank):
     """K x (A: kernel shape without its output axis x r, B: r x outputs) per Dense/Conv layer."""

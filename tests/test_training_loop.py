@@ -223,6 +223,122 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert open(checkpoints.latest_checkpoint(str(tmp_path)), "rb").read() == before
 
 
+@pytest.mark.parametrize(
+    "changed, flag",
+    [
+        ({"base_learning_rate": 0.5}, "base_learning_rate"),
+        ({"kl_annealing_epochs": 7.0}, "kl_annealing_epochs"),
+        ({"lr_decay_epochs": (1.0,)}, "lr_decay_epochs"),
+        ({"fast_weight_lr_multiplier": 0.5}, "fast_weight_lr_multiplier"),
+        ({"optimizer": "adam"}, "optimizer"),
+    ],
+)
+def test_resume_or_rerun_with_another_training_setting_names_it(tmp_path, changed, flag):
+    model, settings = _build("rank1")
+    data = _train_data(*_data())
+    first = TrainingSettings(**{**SETTINGS.__dict__, "train_epochs": 1})
+    train(model, data, first, members=settings.members, checkpoint_dir=str(tmp_path))
+    before = open(checkpoints.latest_checkpoint(str(tmp_path)), "rb").read()
+    for epochs in (1, 3):  # a rerun of the finished run, and a resume that would train on
+        other = TrainingSettings(**{**first.__dict__, **changed, "train_epochs": epochs})
+        with pytest.raises(checkpoints.CheckpointError) as error:
+            train(model, data, other, members=settings.members, checkpoint_dir=str(tmp_path))
+        message = str(error.value)
+        old, new = getattr(first, flag), getattr(other, flag)
+        as_json = lambda value: list(value) if isinstance(value, tuple) else value  # noqa: E731
+        assert f"{flag}: {as_json(old)} in the checkpoint, {as_json(new)} now" in message or (
+            f"{flag} (scaled to the global batch): {old} in the checkpoint, {new} now" in message
+        ), message
+        assert "fresh --output_dir" in message
+    assert open(checkpoints.latest_checkpoint(str(tmp_path)), "rb").read() == before
+
+
+def test_resume_with_other_run_settings_names_them(tmp_path):
+    model, settings = _build("deterministic")
+    data = _train_data(*_data())
+    short = TrainingSettings(**{**SETTINGS.__dict__, "train_epochs": 1})
+    train(model, data, short, checkpoint_dir=str(tmp_path), run_settings={"method": {"prior_stddev": 0.1}})
+    with pytest.raises(checkpoints.CheckpointError, match=r"prior_stddev: 0.1 in the checkpoint, 0.7 now"):
+        train(model, data, short, checkpoint_dir=str(tmp_path), run_settings={"method": {"prior_stddev": 0.7}})
+    record = train(model, data, short, checkpoint_dir=str(tmp_path), run_settings={"method": {"prior_stddev": 0.1}})
+    assert record.resumed_from_epoch == 1 and record.epochs_run == 0
+
+
+def test_training_longer_continues_the_run_but_fewer_epochs_are_refused(tmp_path):
+    _, run = _checkpointed_run(tmp_path, epochs=2)
+    with pytest.raises(checkpoints.CheckpointError, match=r"trained for 2 epochs; this run has train_epochs=1"):
+        _resume(tmp_path, TrainingSettings(**{**run.__dict__, "train_epochs": 1}))
+    record, _ = _resume(tmp_path, TrainingSettings(**{**run.__dict__, "train_epochs": 3}))
+    assert record.resumed_from_epoch == 2 and record.epochs_run == 1
+
+
+def _checkpointed_run(directory, epochs=2):
+    model, settings = _build("rank1")
+    run = TrainingSettings(**{**SETTINGS.__dict__, "train_epochs": epochs})
+    train(model, _train_data(*_data()), run, members=settings.members, checkpoint_dir=str(directory))
+    return _final_weights(model), run
+
+
+def _resume(directory, run):
+    model, settings = _build("rank1", seed=99)
+    keras.utils.set_random_seed(3)
+    record = train(model, _train_data(*_data()), run, members=settings.members, checkpoint_dir=str(directory))
+    return record, _final_weights(model)
+
+
+def test_a_checkpoint_the_pointer_does_not_name_yet_is_used(tmp_path, capsys):
+    """A kill between a checkpoint's rename and the pointer's update: the newer file is complete."""
+    expected, run = _checkpointed_run(tmp_path / "straight", epochs=3)
+    _checkpointed_run(tmp_path / "killed", epochs=2)
+    pointer = tmp_path / "killed" / "latest"
+    pointer.write_bytes(b"ckpt-00001.npz")  # the state right before the pointer would have moved
+    (tmp_path / "killed" / ".tmp-abc.npz").write_bytes(b"half a checkpoint")  # a killed write's leftover
+    record, actual = _resume(tmp_path / "killed", run)
+    assert record.resumed_from_epoch == 2 and record.epochs_run == 1
+    for want, got in zip(expected, actual):
+        np.testing.assert_array_equal(want, got)
+    assert "names 'ckpt-00001.npz'" in capsys.readouterr().err
+    assert not [name for name in os.listdir(tmp_path / "killed") if name.startswith(".tmp-")]
+
+
+def test_resume_falls_back_past_an_unreadable_checkpoint_and_keeps_it(tmp_path, capsys):
+    expected, run = _checkpointed_run(tmp_path / "straight", epochs=3)
+    _checkpointed_run(tmp_path / "damaged", epochs=2)
+    newest = tmp_path / "damaged" / "ckpt-00002.npz"
+    truncated = newest.read_bytes()[: newest.stat().st_size // 2]
+    newest.write_bytes(truncated)
+    point = checkpoints.find_resume_checkpoint(str(tmp_path / "damaged"))
+    assert point.path.endswith("ckpt-00001.npz") and [path for path, _ in point.skipped] == [str(newest)]
+    assert newest.read_bytes() == truncated  # finding it only reads
+    record, actual = _resume(tmp_path / "damaged", run)
+    assert record.resumed_from_epoch == 1 and record.epochs_run == 2
+    for want, got in zip(expected, actual):
+        np.testing.assert_array_equal(want, got)
+    assert (tmp_path / "damaged" / "ckpt-00002.npz.unreadable").read_bytes() == truncated
+    err = capsys.readouterr().err
+    assert f"skipped checkpoint {newest}" in err and "kept as" in err
+
+
+def test_garbage_in_the_pointer_is_ignored_with_its_path(tmp_path, capsys):
+    _, run = _checkpointed_run(tmp_path, epochs=1)
+    (tmp_path / "latest").write_bytes(bytes(range(128, 256)))
+    assert checkpoints.latest_checkpoint(str(tmp_path)).endswith("ckpt-00001.npz")
+    record, _ = _resume(tmp_path, run)
+    assert record.resumed_from_epoch == 1
+    assert f"ignored the checkpoint pointer {tmp_path / 'latest'}" in capsys.readouterr().err
+
+
+def test_no_readable_checkpoint_starts_over_and_keeps_the_damaged_one(tmp_path, capsys):
+    _, run = _checkpointed_run(tmp_path, epochs=1)
+    only = tmp_path / "ckpt-00001.npz"
+    only.write_bytes(b"not a zip file")
+    record, _ = _resume(tmp_path, run)
+    assert record.resumed_from_epoch == 0 and record.epochs_run == 1
+    assert (tmp_path / "ckpt-00001.npz.unreadable").read_bytes() == b"not a zip file"
+    assert checkpoints.read_header(str(only))["epoch"] == 1  # rewritten by the new run
+    assert "training starts at epoch 1" in capsys.readouterr().err
+
+
 def test_batch_larger_than_the_data_is_a_clear_error():
     model, _ = _build("deterministic")
     settings = TrainingSettings(**{**SETTINGS.__dict__, "per_replica_batch_size": 512})

@@ -283,29 +283,55 @@ def _converted(method_name):
 
 
 def load_pretrained(model, path):
-    """Loads trained weights into `model` from a run directory, a checkpoint or a Keras weights file."""
+    """Loads trained weights into `model` from a run directory, a checkpoint or a Keras weights file.
+
+    Every failure is a `CheckpointError` that names `pretrained_checkpoint`
+    and, for a training run of another method or architecture, says which.
+    """
+    import json
     import os
 
     from rank1_keras.training.checkpoint import CheckpointError, latest_checkpoint, restore_model_weights
 
-    if path.endswith(".weights.h5"):
-        model.load_weights(path)
+    flag = f"pretrained_checkpoint={path}"
+    expected = "a deterministic run's --output_dir, its ckpt-*.npz, or a Keras .weights.h5 / .keras file of the same architecture"
+    if path.endswith((".weights.h5", ".keras")):
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{flag} does not exist; pass {expected}.")
+        try:
+            if path.endswith(".weights.h5"):
+                model.load_weights(path)
+            else:
+                model.set_weights(keras.saving.load_model(path, compile=False).get_weights())
+        except Exception as error:  # h5py, zip and Keras' own errors: the file is not these weights
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise CheckpointError(
+                f"{flag} could not be loaded into this architecture ({type(error).__name__}: {first_line}); "
+                f"pass {expected}."
+            ) from error
         return model
-    if path.endswith(".keras"):
-        model.set_weights(keras.saving.load_model(path, compile=False).get_weights())
-        return model
+    run_dir = None
     if os.path.isdir(path):
+        run_dir = path
         directory = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
         checkpoint = latest_checkpoint(directory)
         if checkpoint is None:
-            raise CheckpointError(f"pretrained_checkpoint={path} holds no checkpoint (a 'latest' pointer).")
+            raise CheckpointError(f"{flag} holds no readable checkpoint; pass {expected}.")
         path = checkpoint
     if not path.endswith(".npz") or not os.path.exists(path):
-        raise ValueError(
-            f"pretrained_checkpoint={path!r} must be a training run's directory, a ckpt-*.npz file, or a "
-            "Keras .weights.h5 / .keras file of the same architecture."
-        )
-    restore_model_weights(path, model)
+        raise ValueError(f"{flag} must be {expected}.")
+    try:
+        restore_model_weights(path, model)
+    except CheckpointError as error:
+        trained = ""
+        settings_path = os.path.join(run_dir or os.path.dirname(os.path.dirname(os.path.abspath(path))), "run_settings.json")
+        if os.path.isfile(settings_path):
+            with open(settings_path, encoding="utf-8") as stream:
+                method = json.load(stream).get("method", {}).get("method")
+            trained = f" It is a --method={method} run."
+        raise CheckpointError(
+            f"{flag} does not fit the plain network Bella perturbs: {error}{trained} Pass {expected}."
+        ) from error
     return model
 
 

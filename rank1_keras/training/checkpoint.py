@@ -9,17 +9,28 @@ included), every optimizer variable (step counter, slots) and a JSON header:
     <directory>/ckpt-<epoch:05d>.npz     written to a temporary file, then renamed
     <directory>/latest                   the newest file's name, replaced atomically
 
-A run killed at any moment leaves the previous checkpoint and pointer intact.
+A run killed at any moment leaves the previous checkpoint intact. Because a
+`ckpt-*.npz` only ever appears complete (the rename is atomic), resuming reads
+the files themselves, newest first, and treats `latest` as a hint for other
+tools: a kill between the rename and the pointer's update, a pointer edited by
+hand, or a checkpoint damaged later (a truncated copy, a full disk elsewhere)
+all resume from the newest checkpoint that reads back whole
+(`find_resume_checkpoint`), which says what it skipped.
 """
 
+import dataclasses
 import json
 import os
+import re
 import tempfile
 import zipfile
 
 import numpy as np
 
 _LATEST = "latest"
+_CHECKPOINT_NAME = re.compile(r"^ckpt-(\d+)\.npz$")
+# An unreadable checkpoint is renamed with this suffix, never deleted or overwritten.
+UNREADABLE_SUFFIX = ".unreadable"
 
 
 class CheckpointError(RuntimeError):
@@ -57,9 +68,12 @@ def write_atomically(path, write):
             os.fsync(stream.fileno())
         os.chmod(temporary, umask_mode(0o666))
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.remove(temporary)
+        if isinstance(error, OSError) and error.filename is None:
+            # A failed write() (full disk, size limit) names no file: name the one being written.
+            raise OSError(error.errno, error.strerror, path) from error
         raise
 
 
@@ -88,20 +102,106 @@ def save_checkpoint(directory, epoch, model, optimizer, metadata=None, keep=2):
     return path
 
 
-def latest_checkpoint(directory):
-    """The newest checkpoint's path in `directory`, or None when there is none."""
+def checkpoint_files(directory):
+    """The `ckpt-<epoch>.npz` paths in `directory`, newest epoch first ([] when there is none)."""
+    if not os.path.isdir(directory):
+        return []
+    epochs = {}
+    for name in os.listdir(directory):
+        match = _CHECKPOINT_NAME.match(name)
+        if match:
+            epochs[int(match.group(1))] = os.path.join(directory, name)
+    return [epochs[epoch] for epoch in sorted(epochs, reverse=True)]
+
+
+@dataclasses.dataclass
+class ResumePoint:
+    """What `find_resume_checkpoint` chose.
+
+    Attributes:
+        path: the newest checkpoint that reads back whole (None: start afresh).
+        skipped: (path, reason) of newer checkpoints that did not read back.
+        notes: one line per thing a user should know (skipped files, a stale
+            or unreadable pointer, leftovers of an interrupted write).
+    """
+
+    path: str = None
+    skipped: list = dataclasses.field(default_factory=list)
+    notes: list = dataclasses.field(default_factory=list)
+
+
+def _pointer_name(directory):
+    """The name `latest` holds, or a note on why it holds none."""
     pointer = os.path.join(directory, _LATEST)
     if not os.path.exists(pointer):
-        return None
-    with open(pointer, encoding="utf-8") as stream:
-        name = stream.read().strip()
-    path = os.path.join(directory, name)
-    if not name or not os.path.exists(path):
-        raise CheckpointError(
-            f"checkpoint pointer {pointer} names {name!r}, which is missing; the checkpoint directory was "
-            "changed by hand. Remove the directory (or the pointer) to start over."
-        )
-    return path
+        return None, None
+    try:
+        with open(pointer, "rb") as stream:
+            name = stream.read(1024).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        return None, f"ignored the checkpoint pointer {pointer}: not a checkpoint name ({type(error).__name__})"
+    return name, None
+
+
+def find_resume_checkpoint(directory, set_aside_unreadable=False):
+    """The newest checkpoint in `directory` that reads back whole, and what was passed over.
+
+    Args:
+        directory: a checkpoint directory (it may not exist).
+        set_aside_unreadable: rename checkpoints that do not read back to
+            `<name>.unreadable` (what a resuming run does, so that its next
+            save cannot overwrite them and a later resume does not retry them);
+            False only reads (an export).
+
+    Returns:
+        A `ResumePoint`.
+    """
+    point = ResumePoint()
+    name, note = _pointer_name(directory)
+    if note:
+        point.notes.append(note)
+    for path in checkpoint_files(directory):
+        try:
+            _load(path)
+        except CheckpointError as error:
+            cause = error.__cause__ or error
+            reason = f"{type(cause).__name__}: {cause}"
+            point.skipped.append((path, reason))
+            moved = ""
+            if set_aside_unreadable:
+                os.replace(path, path + UNREADABLE_SUFFIX)
+                moved = f"; kept as {path + UNREADABLE_SUFFIX}"
+            point.notes.append(f"skipped checkpoint {path}: it does not read back ({reason}){moved}")
+            continue
+        point.path = path
+        break
+    if point.path and name and name != os.path.basename(point.path) and not point.skipped:
+        # A kill between a checkpoint's rename and the pointer's update: the file is complete.
+        point.notes.append(f"the pointer {os.path.join(directory, _LATEST)} names {name!r}; {point.path} is newer and complete")
+    return point
+
+
+def latest_checkpoint(directory):
+    """The newest checkpoint in `directory` that reads back whole, or None when there is none.
+
+    Newer checkpoints that do not read back are passed over (see
+    `find_resume_checkpoint` for which, and why).
+    """
+    return find_resume_checkpoint(directory).path
+
+
+def remove_interrupted_writes(directory):
+    """Deletes `.tmp-*` files a killed write left behind; returns their paths.
+
+    They are never a checkpoint: `write_atomically` renames a file only once
+    it is complete.
+    """
+    if not os.path.isdir(directory):
+        return []
+    leftovers = [os.path.join(directory, name) for name in os.listdir(directory) if name.startswith(".tmp-")]
+    for path in leftovers:
+        os.remove(path)
+    return leftovers
 
 
 def read_header(path):
@@ -115,10 +215,7 @@ def _load(path):
             arrays = {name: archive[name] for name in archive.files}
         header = json.loads(bytes(arrays.pop("header")).decode("utf-8"))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as error:
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {error}); delete it to "
-            "resume from the one before, or choose a fresh --output_dir."
-        ) from error
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {error}).") from error
     return header, arrays
 
 
@@ -126,13 +223,13 @@ def _assign(prefix, variables, described, arrays, path):
     if len(described) != len(variables):
         raise CheckpointError(
             f"checkpoint {path} holds {len(described)} {prefix} variables; this run's {prefix} has "
-            f"{len(variables)}: it was written by a different model or method. Use another --output_dir."
+            f"{len(variables)}: it was written by a different model or method."
         )
     for index, (variable, (saved_path, saved_shape)) in enumerate(zip(variables, described)):
         if list(variable.shape) != saved_shape:
             raise CheckpointError(
                 f"checkpoint {path}: {prefix} variable {index} ({saved_path}) has shape {saved_shape}; this "
-                f"run's {variable.path} has {list(variable.shape)}. Use another --output_dir."
+                f"run's {variable.path} has {list(variable.shape)}: it was written by a different model or method."
             )
         variable.assign(arrays[f"{prefix}/{index}"])
 

@@ -70,6 +70,7 @@ def run_experiment(
         "serving_input": task.serving_input.get_config(),
         "seed": seed,
     }
+    check_output_dir(output_dir, write_files and chief)
     settings_path = os.path.join(output_dir, RUN_SETTINGS)
     if write_files and chief and not os.path.exists(settings_path):
         # Written first, so an interrupted run can be exported too; a run with
@@ -96,6 +97,8 @@ def run_experiment(
             checkpoint_dir=checkpoint_directory(output_dir, member),
             log_dir=os.path.join(output_dir, "tensorboard", f"member_{index}" if member is not None else ""),
             chief=chief,
+            # A resume or rerun must match these too: they change the weights or the results.
+            run_settings={key: run_settings[key] for key in ("dataset", "method", "task", "model_spec")},
             **training_options(model, method_settings),
         )
         train_seconds += record.train_seconds
@@ -145,6 +148,22 @@ def run_experiment(
 
 
 RUN_SETTINGS = "run_settings.json"
+
+
+def check_output_dir(output_dir, writes):
+    """Fails early, with the path, when `output_dir` cannot hold a run.
+
+    A regular file in its place, a read-only or full file system are found
+    before training starts, not after hours of it.
+    """
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"--output_dir={output_dir} is a file, not a directory; choose a directory.")
+    if not writes:
+        return
+    os.makedirs(output_dir, exist_ok=True)
+    # Raises OSError (read-only file system, no space, permissions) naming the directory.
+    write_atomically(os.path.join(output_dir, ".write-check"), lambda stream: stream.write(b"ok\n" * 1024))
+    os.remove(os.path.join(output_dir, ".write-check"))
 
 
 def write_json(path, value):

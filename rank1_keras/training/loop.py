@@ -20,7 +20,9 @@ What it guarantees:
 """
 
 import dataclasses
+import json
 import os
+import sys
 import time
 
 import keras
@@ -185,18 +187,59 @@ def _member_rows(tensor):
     return tf.reshape(moved, tf.concat([[-1], tf.shape(tensor)[2:]], axis=0))
 
 
-def _fingerprint(settings, members, likelihood, replicas, global_batch, member_streams=1):
-    # What must not change between an interrupted run and its resumption.
-    return {
+# Settings that change neither the weights nor the results. `train_epochs` may
+# grow between runs (nothing in the schedules depends on it: training longer
+# continues the same run); it may not fall below a checkpoint's epoch.
+_NOT_FINGERPRINTED = ("verbose", "keep_checkpoints", "train_epochs")
+# The flag that sets a fingerprint entry, where the names differ.
+_FLAG_NAMES = {
+    "per_replica_batch_size": "per_core_batch_size",
+    "global_batch": "per_core_batch_size x replicas",
+    "base_learning_rate": "base_learning_rate (scaled to the global batch)",
+}
+
+
+def _fingerprint(settings, members, likelihood, replicas, global_batch, member_streams=1, run_settings=None):
+    """Everything an interrupted run and its resumption (or a rerun) must share.
+
+    Every training setting (the learning rate and schedule, the KL annealing,
+    the seed...), the batch layout, and `run_settings`: the caller's method,
+    task and evaluation settings, which change the weights or the reported
+    numbers. In JSON form, as the checkpoint stores it.
+    """
+    training = {k: v for k, v in dataclasses.asdict(settings).items() if k not in _NOT_FINGERPRINTED}
+    fingerprint = {
         "member_streams": member_streams,
-        "seed": settings.seed,
         "members": members,
         "likelihood": likelihood,
         "global_batch": global_batch,
         "replicas": replicas,
-        "train_epochs": settings.train_epochs,
-        "steps_per_epoch": settings.steps_per_epoch,
+        "training": training,
+        "run": run_settings or {},
     }
+    return json.loads(json.dumps(fingerprint, default=str))
+
+
+def _flatten(value, prefix=""):
+    if isinstance(value, dict):
+        flat = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: value}
+
+
+def fingerprint_differences(saved, current):
+    """'name: saved -> current' for each setting that differs ([] when none), one per flag."""
+    saved, current = _flatten(saved or {}), _flatten(current)
+    differences = {}
+    for key in sorted(set(saved) | set(current)):
+        before, after = saved.get(key, "not recorded"), current.get(key, "not recorded")
+        if before != after:
+            leaf = key.rsplit(".", 1)[-1]
+            name = _FLAG_NAMES.get(leaf, leaf)
+            differences.setdefault(name, f"{name}: {before} in the checkpoint, {after} now")
+    return list(differences.values())
 
 
 def train(
@@ -211,6 +254,7 @@ def train(
     chief=True,
     member_streams=1,
     gradient_transform=None,
+    run_settings=None,
 ):
     """Trains `model` (built under `strategy.scope()`) and checkpoints every epoch.
 
@@ -231,6 +275,10 @@ def train(
             `training_batch="split"` (`members` must then be 1).
         gradient_transform: optional `(variables, gradients) -> gradients`
             applied per replica before the optimizer (SVGD for Bella).
+        run_settings: a JSON-able dict of the caller's other settings that
+            change the weights or the reported numbers (method, task,
+            evaluation); with the training settings it must match the
+            checkpoint's for a run to resume (or a finished run to be rerun).
 
     Returns:
         A `TrainingRecord`.
@@ -262,21 +310,42 @@ def train(
             f"member_streams={member_streams} feeds each member its own examples; the model must return one row "
             f"per example (members=1, training_batch='split'), got members={members}."
         )
-    fingerprint = _fingerprint(settings, members, likelihood, replicas, global_batch, member_streams)
+    fingerprint = _fingerprint(settings, members, likelihood, replicas, global_batch, member_streams, run_settings)
     start_epoch, elapsed = 0, 0.0
-    latest = checkpoints.latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
-    if latest:
+    if checkpoint_dir and chief:
+        checkpoints.remove_interrupted_writes(checkpoint_dir)
+    resume = checkpoints.find_resume_checkpoint(checkpoint_dir, set_aside_unreadable=chief) if checkpoint_dir else None
+    if resume is not None:
+        for note in resume.notes:
+            print(f"warning: {note}", file=sys.stderr, flush=True)
+    if resume is not None and resume.path:
+        latest = resume.path
         header = checkpoints.read_header(latest)
-        saved = header["metadata"].get("fingerprint")
-        if saved != fingerprint:
+        differences = fingerprint_differences(header["metadata"].get("fingerprint"), fingerprint)
+        if differences:
             raise checkpoints.CheckpointError(
-                f"checkpoint {latest} was written with settings {saved}; this run has {fingerprint}. Resume "
-                "with the same flags, or choose a fresh --output_dir."
+                f"checkpoint {latest} was trained with other settings: {'; '.join(differences)}. Rerun with the "
+                "checkpoint's values to resume it, or choose a fresh --output_dir."
             )
-        checkpoints.restore_checkpoint(latest, model, optimizer)
+        if header["epoch"] > settings.train_epochs:
+            raise checkpoints.CheckpointError(
+                f"checkpoint {latest} was trained for {header['epoch']} epochs; this run has "
+                f"train_epochs={settings.train_epochs}. Rerun with --train_epochs={header['epoch']} or more, or "
+                "choose a fresh --output_dir."
+            )
+        try:
+            checkpoints.restore_checkpoint(latest, model, optimizer)
+        except checkpoints.CheckpointError as error:
+            raise checkpoints.CheckpointError(f"{error} Choose a fresh --output_dir for this model.") from error
         start_epoch, elapsed = header["epoch"], header["metadata"].get("train_seconds", 0.0)
         if settings.verbose:
             print(f"Resuming from {latest} (epoch {start_epoch} of {settings.train_epochs}).", flush=True)
+    elif resume is not None and resume.skipped:
+        print(
+            f"warning: no checkpoint in {checkpoint_dir} reads back; training starts at epoch 1.",
+            file=sys.stderr,
+            flush=True,
+        )
 
     @tf.function
     def train_step(features, labels):
