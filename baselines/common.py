@@ -67,8 +67,17 @@ PAPER_DEFAULTS = dict(
 )
 
 
-def define_flags(datasets, **defaults):
-    """Defines the shared flags; `defaults` override `PAPER_DEFAULTS` (the binary's paper)."""
+# {data set: {flag: value}}: what `apply_dataset_defaults` gives flags left unset.
+_DATASET_DEFAULTS = {}
+
+
+def define_flags(datasets, dataset_defaults=None, **defaults):
+    """Defines the shared flags; `defaults` override `PAPER_DEFAULTS` (the binary's paper).
+
+    `dataset_defaults` ({data set: {flag: value}}) override both for one data
+    set, for every flag the command line and flagfiles leave unset: settings
+    that train that data set's model to convergence, not one size for all.
+    """
     values = {**PAPER_DEFAULTS, **defaults}
     flags.DEFINE_enum("dataset", datasets[0], datasets, "Data set.")
     flags.DEFINE_enum("method", values["method"], METHOD_CHOICES, "Method.")
@@ -146,6 +155,11 @@ def define_flags(datasets, **defaults):
     flags.DEFINE_integer("eval_batch_size", 256, "Examples per evaluation batch.")
     flags.DEFINE_integer("verbose", 1, "1: progress bar; 2: a line per epoch; 0: quiet.")
     flags.mark_flag_as_required("output_dir")
+    for dataset, overrides in (dataset_defaults or {}).items():
+        unknown = sorted(set(overrides) - set(FLAGS))
+        if dataset not in datasets or unknown:
+            raise ValueError(f"dataset_defaults[{dataset!r}]: not a data set of {datasets}, or unknown flags {unknown}.")
+    _DATASET_DEFAULTS.update(dataset_defaults or {})
 
 
 def _from_flags(settings_class, **overrides):
@@ -161,12 +175,28 @@ def _from_flags(settings_class, **overrides):
     return settings_class(**values)
 
 
+def apply_dataset_defaults():
+    """Gives every flag the command line (flagfiles included) left unset its `--dataset`'s default.
+
+    Returns:
+        {flag: value} of the defaults applied.
+    """
+    applied = {}
+    for name, value in _DATASET_DEFAULTS.get(FLAGS.dataset, {}).items():
+        if not FLAGS[name].present:
+            FLAGS[name].value = value
+            applied[name] = value
+    return applied
+
+
 def settings_from_flags(replicas=1):
     """(MethodSettings, TrainingSettings, TaskOptions) from the parsed flags.
 
+    Flags left unset take the data set's defaults first (`apply_dataset_defaults`).
     The learning rate is scaled from `--base_batch_size` to the global batch
     of `replicas` x `--per_core_batch_size`.
     """
+    apply_dataset_defaults()
     from rank1_keras.models.methods import MethodSettings
     from rank1_keras.training.loop import TrainingSettings
     from rank1_keras.training.tasks import TaskOptions

@@ -92,3 +92,55 @@ def test_a_flagfile_with_an_unknown_flag_fails_with_one_line(tmp_path):
     last = process.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "learning_rte" in last
     assert not (tmp_path / "out").exists()
+
+
+DEFAULTS_PROBE = r"""
+import json, sys
+from absl import flags
+from baselines import common, embedded
+report = {}
+for name, argv in json.loads(sys.argv[1]).items():
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["binary", *argv, "--output_dir=/tmp/unused"])
+    method, training, task = common.settings_from_flags()
+    report[name] = {
+        "train_epochs": training.train_epochs, "batch": training.per_replica_batch_size,
+        "kl_annealing_epochs": training.kl_annealing_epochs, "num_eval_samples": method.num_eval_samples,
+        "base_learning_rate": training.base_learning_rate,
+    }
+report["table"] = embedded.DATASET_DEFAULTS
+print(json.dumps(report))
+"""
+
+
+def test_embedded_binary_takes_each_data_sets_converging_defaults_for_unset_flags(tmp_path):
+    flagfile = tmp_path / "mine.cfg"
+    flagfile.write_text("--train_epochs=3\n")
+    cases = {
+        "digits": ["--dataset=digits"],
+        "digits_given": ["--dataset=digits", "--train_epochs=2", "--per_core_batch_size=16"],
+        "digits_flagfile": ["--dataset=digits", f"--flagfile={flagfile}"],
+        "gunpoint": ["--dataset=gunpoint"],
+    }
+    completed = subprocess.run(
+        [sys.executable, "-c", DEFAULTS_PROBE, json.dumps(cases)], cwd=ROOT, capture_output=True, text=True,
+        timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    digits = report["table"]["digits"]
+    assert report["digits"]["train_epochs"] == digits["train_epochs"] == 20
+    assert report["digits"]["batch"] == 64 and report["digits"]["num_eval_samples"] == 4
+    assert report["digits"]["base_learning_rate"] == 1e-3 * 64 / 64  # per base_batch_size 64
+    # Flags given on the command line or in a flagfile win over the data set's defaults.
+    assert (report["digits_given"]["train_epochs"], report["digits_given"]["batch"]) == (2, 16)
+    assert report["digits_flagfile"]["train_epochs"] == 3 and report["digits_flagfile"]["batch"] == 64
+    # A data set without its own defaults keeps the binary's.
+    assert (report["gunpoint"]["train_epochs"], report["gunpoint"]["batch"]) == (2, 128)
+    # The defaults are the comparison flagfiles' settings (one source of truth for a converged run).
+    for dataset, defaults in report["table"].items():
+        matches = [path for path in CONFIGS if f"--dataset={dataset}\n" in open(path).read() and "--methods=" in open(path).read()]
+        assert matches, dataset
+        written = dict(line.strip()[2:].split("=", 1) for line in open(matches[0]) if line.startswith("--"))
+        for name, value in defaults.items():
+            assert float(written[name]) == float(value), (dataset, name, written[name], value)
