@@ -207,7 +207,6 @@ def settings_from_flags(replicas=1):
             "--method=bella perturbs a trained network: pass --pretrained_checkpoint (e.g. the --output_dir "
             "of a --method=deterministic run with the same data set and architecture)."
         )
-    method.check_batch_size(FLAGS.per_core_batch_size)
     try:
         decay_epochs = tuple(float(e) for e in FLAGS.lr_decay_epochs)
         severities = tuple(int(s) for s in FLAGS.corruption_severities)

@@ -510,8 +510,9 @@ def convert(
             per-member statistics and affine parameters, as the papers; with
             `layers=`, list the BN layers too) or "shared".
         training_batch: "tile" (every member sees every example; default for
-            ensembles) or "split" (member k trains on its own B/K examples;
-            default for dropout, where it is plain dropout training).
+            ensembles) or "split" (member k trains on its own block of the
+            batch, floor(B/K) or ceil(B/K) examples; default for dropout,
+            where it is plain dropout training).
         training_output: "members" (in training the model returns member
             rows for the ensemble losses) or "average".
         num_samples: alias of `ensemble_size` for "dropout".

@@ -128,9 +128,10 @@ class TileEnsemble(keras.layers.Layer):
         ensemble_size: K.
         training_batch: `"tile"` (every member sees every example, the
             papers' default) or `"split"`: in training the batch passes
-            unchanged and member k trains on its own block of B/K rows (about
-            K times cheaper steps; B must be a multiple of K). Inference
-            always tiles. Masked inputs need "tile".
+            unchanged and member k trains on its own block of its rows,
+            floor(B/K) or ceil(B/K) of them (`MemberRows`; about K times
+            cheaper steps, any B). Inference always tiles. Masked inputs
+            need "tile".
 
     Example:
 

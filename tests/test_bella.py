@@ -352,7 +352,13 @@ def test_bad_arguments(build, argument):
         build()
 
 
-def test_batch_must_hold_every_particle():
-    layer = DenseLowRankEnsemble(4, ensemble_size=PARTICLES)
-    with pytest.raises(ValueError, match="multiple of ensemble_size"):
-        layer(tf.ones((4, 2)))
+def test_fewer_rows_than_particles_go_to_the_first_particles():
+    # Row i belongs to particle floor(i K / R): 2 rows, 3 particles -> particles 0 and 1.
+    layer = DenseLowRankEnsemble(4, ensemble_size=PARTICLES, use_bias=False)
+    layer.build((None, 2))
+    rng = np.random.default_rng(0)
+    layer.output_factor.assign(rng.normal(size=layer.output_factor.shape).astype("float32"))
+    x = rng.normal(size=(2, 2)).astype("float32")
+    kernels = [layer.kernel.numpy() + layer.input_factor.numpy()[k] @ layer.output_factor.numpy()[k] for k in range(2)]
+    expected = np.stack([x[0] @ kernels[0], x[1] @ kernels[1]])
+    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-5, atol=1e-6)

@@ -377,7 +377,7 @@ def _lstm_net():
 
 @pytest.mark.parametrize("model", ["dense", "masked_lstm"])
 def test_split_training_batch_gives_each_member_its_own_block(model):
-    """training_batch="split": row i of a training pass is member i // (B/K) on example i."""
+    """training_batch="split": row i of a training pass is member floor(i K / B) on example i."""
     original = _dense_net(0) if model == "dense" else _lstm_net()
     options = dict(alpha_initializer="random_sign", gamma_initializer="random_sign")
     if model == "masked_lstm":
@@ -396,9 +396,11 @@ def test_split_training_batch_gives_each_member_its_own_block(model):
     np.testing.assert_allclose(training[2:], members[2:4, 1], atol=1e-6)  # member 1, examples 2-3
     # Inference tiles as usual and averages.
     np.testing.assert_allclose(converted(x).numpy(), members.mean(1), atol=1e-6)
-    # An odd batch cannot be split between 2 members.
-    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="multiple of ensemble_size"):
-        converted(x[:3], training=True)
+    # An odd batch splits unevenly: member floor(2 i / 3) on row i, rows 0-1 member 0, row 2 member 1.
+    odd = converted(x[:3], training=True).numpy()
+    odd_members = r1.member_outputs(converted)(x[:3]).numpy()
+    np.testing.assert_allclose(odd[:2], odd_members[0:2, 0], atol=1e-6)
+    np.testing.assert_allclose(odd[2:], odd_members[2:3, 1], atol=1e-6)
 
 
 @pytest.mark.parametrize("training_output", ["members", "average"])

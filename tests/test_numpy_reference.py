@@ -60,7 +60,9 @@ def _replay_factors(layer, examples_per_member, sample=True, jit_compile=False):
 
     Must run before the call (it reads the seed generator's current state).
     With `jit_compile`, the draws are made under XLA, for a call run under
-    XLA (stateless samplers may pick another algorithm there).
+    XLA (stateless samplers may pick another algorithm there). With
+    `sample_per_example` the layer draws the (K, d) table once per row,
+    K*B times, and row k*B + b keeps member k's column of its draw.
     """
     state = layer.factor_seed_generator.state.numpy().astype(np.int64)
     values = {}
@@ -74,7 +76,8 @@ def _replay_factors(layer, examples_per_member, sample=True, jit_compile=False):
             seed = tf.constant(state + np.array([0, draw]), tf.int32)
             draw += 1
             distribution = factor.initializer.distribution()
-            shape = (examples_per_member,) if layer.sample_per_example else ()
+            rows = layer.ensemble_size * examples_per_member
+            shape = (rows,) if layer.sample_per_example else ()
 
             def draw_sample(seed, distribution=distribution, shape=shape):
                 return distribution.sample(shape, seed=seed)
@@ -83,7 +86,9 @@ def _replay_factors(layer, examples_per_member, sample=True, jit_compile=False):
                 draw_sample = tf.function(draw_sample, jit_compile=True, autograph=False)
             drawn = draw_sample(seed).numpy()
             if layer.sample_per_example:
-                value = np.transpose(drawn, (1, 0, 2))  # (B, K, d) -> (K, B, d)
+                # (K*B, K, d) -> (K, B, K, d); [k, b] keeps draw k*B + b's member-k column.
+                members = np.arange(layer.ensemble_size)
+                value = drawn.reshape(layer.ensemble_size, examples_per_member, *drawn.shape[1:])[members, :, members]
             else:
                 value = drawn[:, None, :]
         values[name] = np.broadcast_to(
@@ -427,10 +432,8 @@ def test_conv2d_channels_first_shapes_and_errors():
         layer(np.zeros((K * B, 7, 6, 3), np.float32))  # channels in the wrong place
 
 
-def test_conv2d_rejects_bad_batch_and_arguments():
-    layer = Conv2DRank1(4, 3, ensemble_size=K)
-    with pytest.raises(ValueError, match="multiple of ensemble_size"):
-        layer(np.zeros((K * B + 1, 5, 5, 2), np.float32))
+def test_conv2d_rejects_bad_arguments():
+    # Batches K does not divide are valid (uneven member blocks): tests/test_member_rows.py.
     with pytest.raises(ValueError, match="padding"):
         Conv2DRank1(4, 3, padding="causal")
     with pytest.raises(ValueError, match="data_format"):

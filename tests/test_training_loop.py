@@ -356,13 +356,24 @@ def test_diverging_loss_stops_without_a_checkpoint(tmp_path):
     assert checkpoints.latest_checkpoint(str(tmp_path)) is None
 
 
-def test_split_training_needs_a_divisible_batch():
-    settings = MethodSettings(method="batchensemble", ensemble_size=3, training_batch="split")
-    with pytest.raises(ValueError, match="per_core_batch_size=64 must be divisible by ensemble_size=3"):
-        settings.check_batch_size(64)
-    settings.check_batch_size(63)
+def test_split_training_runs_on_a_batch_that_k_does_not_divide():
+    """Each member trains on its own block, 11 or 10 of a batch of 32 with K=3 (issue: any batch size)."""
+    settings = MethodSettings(method="batchensemble", ensemble_size=3, training_batch="split", train_size=256)
     assert settings.members == 1
     assert MethodSettings(method="batchensemble", ensemble_size=3).members == 3
+    keras.utils.set_random_seed(3)
+    (model,) = build_method_models(lambda: small_cnn((12, 12, 1), 2), settings)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    record = train(model, _train_data(*_data()), TrainingSettings(**{**SETTINGS.__dict__, "train_epochs": 1}))
+    assert record.logs["replica_batch_size"] == 32 and np.isfinite(record.logs["nll"])
+    assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables))
+    # Inference tiles: the three members answer differently (random-sign factors).
+    images, _ = _data(8)
+    from rank1_keras.convert import member_outputs
+
+    outputs = np.asarray(member_outputs(model)(images))  # (B, K, C)
+    assert outputs.shape[1] == 3
+    assert not np.allclose(outputs[:, 0], outputs[:, 1]) and not np.allclose(outputs[:, 1], outputs[:, 2])
 
 
 def test_temperature_is_fitted_unless_the_validation_split_is_perfectly_classified():

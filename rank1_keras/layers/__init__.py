@@ -16,7 +16,7 @@ from rank1_keras.layers.latent_posterior import (
     LatentPosteriorMixin,
     LSTMCellLatentPosterior,
 )
-from rank1_keras.layers.rank1_mechanics import MemberFactor, Rank1Mixin
+from rank1_keras.layers.rank1_mechanics import MemberFactor, MemberRows, Rank1Mixin
 from rank1_keras.layers.low_rank import (
     Conv1DLowRankEnsemble,
     Conv2DLowRankEnsemble,
@@ -36,6 +36,7 @@ __all__ = [
     "LSTMCellBatchEnsemble",
     "LSTMCellRank1",
     "MemberFactor",
+    "MemberRows",
     "Rank1Mixin",
     "Conv1DLatentPosterior",
     "Conv2DLatentPosterior",

@@ -173,8 +173,7 @@ class _ConvRank1(ConvolutionMixin, Rank1Mixin, keras.layers.Layer):
         return self._convolve(inputs, tf.ones(self.kernel_size + (1, 1), dtype=inputs.dtype))
 
     def call(self, inputs, training=False):
-        examples_per_member = self._examples_per_member(inputs)
-        factors = self._draw_factors(examples_per_member, self._samples_factors(training))
+        factors = self._draw_factors(self._member_rows(inputs), self._samples_factors(training))
         outputs = self._apply_rank1(
             inputs,
             factors["alpha"],
@@ -209,7 +208,7 @@ class Conv1DRank1(_ConvRank1):
     """Rank-1 Bayesian 1-D convolution: member k convolves with W o (r_k s_k^T).
 
     Arguments as `Conv2DRank1`; `padding` may also be `"causal"`.
-    Input shape: (K*B, steps, channels) (channels_last).
+    Input shape: (R, steps, channels) (channels_last), any R.
 
     Example:
 
@@ -228,7 +227,7 @@ class Conv1DRank1(_ConvRank1):
 class Conv2DRank1(_ConvRank1):
     """Rank-1 Bayesian 2-D convolution (Dusenberry et al., 2020).
 
-    For member k (rows [k*B, (k+1)*B), block order):
+    For member k (its block of the input's rows, block order; see `MemberRows`):
 
         y = activation(conv(x o r_k, W) o s_k + b_k)
 

@@ -17,7 +17,7 @@ _FACTORS = ("alpha", "gamma")
 class DenseRank1(Rank1Mixin, keras.layers.Layer):
     """Rank-1 Bayesian dense layer (Dusenberry et al., 2020).
 
-    For member k (rows [k*B, (k+1)*B) of the input, block order):
+    For member k (its block of the input's rows, block order; see `MemberRows`):
 
         y = activation(((x o r_k) W) o s_k + b_k),   i.e.  W_k = W o (r_k s_k^T),
 
@@ -46,7 +46,8 @@ class DenseRank1(Rank1Mixin, keras.layers.Layer):
             evaluation) or `"mean"` (use the posterior mode).
         seed: seed of the factor draws.
 
-    Input shape: (K*B, ..., input_dim). Output shape: (K*B, ..., units).
+    Input shape: (R, ..., input_dim), any R (K*B for a tiled batch).
+    Output shape: (R, ..., units).
 
     Example:
 
@@ -112,8 +113,7 @@ class DenseRank1(Rank1Mixin, keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
 
     def call(self, inputs, training=False):
-        examples_per_member = self._examples_per_member(inputs)
-        factors = self._draw_factors(examples_per_member, self._samples_factors(training))
+        factors = self._draw_factors(self._member_rows(inputs), self._samples_factors(training))
         outputs = self._apply_rank1(inputs, factors["alpha"], factors["gamma"], kernel_op=self._kernel_op)
         if self.use_bias:
             outputs = self._add_member_bias(outputs, factors["bias"])

@@ -173,8 +173,8 @@ class LatentPosteriorMixin:
         log_variance = _affine(hidden, posterior.log_variance_kernel, posterior.log_variance_bias)
         return mean, log_variance
 
-    def _draw_factors(self, examples_per_member, sample, add_kl=True):
-        values = super()._draw_factors(examples_per_member, sample, add_kl)
+    def _draw_factors(self, rows, sample, add_kl=True):
+        values = super()._draw_factors(rows, sample, add_kl)
         loss_terms = []
         for name, posterior in self._latent_posteriors.items():
             factor = tf.convert_to_tensor(self._member_factors[name].variable)
@@ -185,7 +185,7 @@ class LatentPosteriorMixin:
                 noise = tf.random.stateless_normal(mean.shape, seed=seed, dtype=mean.dtype)
                 latent = mean + tf.exp(0.5 * log_variance) * noise
             decoded = _affine(latent, posterior.decoder_kernel, posterior.decoder_bias)
-            values[name] = tf.repeat(decoded, examples_per_member, axis=0)
+            values[name] = rows.expand(decoded)
             if add_kl:
                 # In float32 whatever the compute dtype, like the other losses.
                 as_float = [tf.cast(t, tf.float32) for t in (factor, decoded, mean, log_variance)]

@@ -12,9 +12,10 @@ Bella's choice), different for every particle; B_k starts at zero, so every
 particle starts at W0 and the particles differ through A_k once B_k moves.
 `scale` is LoRA's alpha (`perturbation_scale`, default r: a factor of 1).
 
-A layer receives K*B rows in block order (rows [k*B, (k+1)*B) belong to
-particle k, as every ensemble layer of the package) and computes, for
-particle k,
+A layer receives R rows in block order (particle k owns a contiguous block
+of rows, B = R/K of them for a tiled batch, sizes differing by at most one
+otherwise: `MemberRows`, as every ensemble layer of the package) and
+computes, for particle k,
 
     y = activation(x W0 + b + (scale / r) * (x A_k) B_k)
 
@@ -39,7 +40,7 @@ import tensorflow as tf
 
 from rank1_keras import validation
 from rank1_keras.layers.convolutional import ConvolutionMixin
-from rank1_keras.layers.rank1_mechanics import split_into_members
+from rank1_keras.layers.rank1_mechanics import MemberRows
 
 
 def _check_seed(seed):
@@ -133,7 +134,7 @@ class LowRankEnsembleMixin:
 class DenseLowRankEnsemble(LowRankEnsembleMixin, keras.layers.Layer):
     """Dense layer with a frozen kernel and K low-rank trainable perturbations (Bella).
 
-    For particle k (rows [k*B, (k+1)*B) of the input, block order):
+    For particle k (its block of the input's rows, block order):
 
         y = activation(x W0 + b + (perturbation_scale / rank) * (x A_k) B_k)
 
@@ -153,7 +154,7 @@ class DenseLowRankEnsemble(LowRankEnsembleMixin, keras.layers.Layer):
             not given pre-trained weights.
         seed: seed of A's initial draw (None: Keras' global seed generator).
 
-    Input shape: (K*B, ..., input_dim). Output shape: (K*B, ..., units).
+    Input shape: (R, ..., input_dim), any R. Output shape: (R, ..., units).
 
     Example:
 
@@ -198,21 +199,24 @@ class DenseLowRankEnsemble(LowRankEnsembleMixin, keras.layers.Layer):
         # The base path is keras.layers.Dense's, so a fresh layer (B = 0)
         # reproduces the original network exactly.
         outputs = keras.ops.matmul(inputs, self.kernel)
-        outputs = outputs + self._low_rank_delta(inputs, tf.shape(outputs))
+        outputs = outputs + self._low_rank_delta(inputs)
         if self.use_bias:
             outputs = outputs + self.bias
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
 
-    def _low_rank_delta(self, inputs, output_shape):
-        """(scale/r) (x A_k) B_k for every row, as a (K*B, ..., units) tensor."""
-        members = split_into_members(inputs, self.ensemble_size, self.name)
-        flat = tf.reshape(members, [self.ensemble_size, -1, members.shape[-1]])
-        # Scale the rank-r activations, not the wide output.
-        low = tf.matmul(flat, tf.convert_to_tensor(self.input_factor)) * self.perturbation_factor
-        delta = tf.matmul(low, tf.convert_to_tensor(self.output_factor))
-        return tf.reshape(delta, output_shape)
+    def _low_rank_delta(self, inputs):
+        """(scale/r) (x A_k) B_k for every row, as an (R, ..., units) tensor: each particle on its own block."""
+        rows = MemberRows(inputs, self.ensemble_size)
+        input_factor = tf.convert_to_tensor(self.input_factor)
+        output_factor = tf.convert_to_tensor(self.output_factor)
+        deltas = []
+        for particle, block in enumerate(rows.split(inputs)):
+            # Scale the rank-r activations, not the wide output.
+            low = tf.tensordot(block, input_factor[particle], axes=1) * self.perturbation_factor
+            deltas.append(tf.tensordot(low, output_factor[particle], axes=1))
+        return rows.concat(deltas)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
@@ -280,8 +284,9 @@ class _ConvLowRankEnsemble(ConvolutionMixin, LowRankEnsembleMixin, keras.layers.
         return outputs
 
     def _low_rank_delta(self, inputs):
-        """(scale/r) conv(x, A_k) B_k for every row: one r-channel convolution per particle."""
-        members = split_into_members(inputs, self.ensemble_size, self.name)
+        """(scale/r) conv(x, A_k) B_k for every row: one r-channel convolution per particle, on its own block."""
+        rows = MemberRows(inputs, self.ensemble_size)
+        members = rows.split(inputs)
         input_factor = tf.convert_to_tensor(self.input_factor)
         output_factor = tf.convert_to_tensor(self.output_factor)
         deltas = []
@@ -292,7 +297,7 @@ class _ConvLowRankEnsemble(ConvolutionMixin, LowRankEnsembleMixin, keras.layers.
             if self.data_format == "channels_first":
                 delta = tf.transpose(delta, [0, self.spatial_rank + 1] + list(range(1, self.spatial_rank + 1)))
             deltas.append(delta)
-        return tf.concat(deltas, axis=0)
+        return rows.concat(deltas)
 
     def get_config(self):
         config = super().get_config()
@@ -321,7 +326,7 @@ class Conv1DLowRankEnsemble(_ConvLowRankEnsemble):
 class Conv2DLowRankEnsemble(_ConvLowRankEnsemble):
     """2-D convolution with a frozen kernel and K low-rank perturbations (Bella).
 
-    For particle k (rows [k*B, (k+1)*B), block order):
+    For particle k (its block of the input's rows, block order):
 
         y = activation(conv(x, W0) + b + (perturbation_scale / rank) * conv(x, A_k) B_k)
 

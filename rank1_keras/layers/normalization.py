@@ -4,19 +4,21 @@ import keras
 import tensorflow as tf
 
 from rank1_keras import validation
-from rank1_keras.layers.rank1_mechanics import merge_members, split_into_members
+from rank1_keras.layers.rank1_mechanics import MemberRows
 
 
 @keras.saving.register_keras_serializable(package="rank1_keras")
 class EnsembleBatchNormalization(keras.layers.Layer):
     """Batch normalisation with separate statistics and affine parameters per member.
 
-    Member k (rows [k*B, (k+1)*B), block order) is normalised with its own batch
-    statistics in training and its own moving mean/variance at inference:
+    Member k (its block of the rows, block order; see `MemberRows`) is
+    normalised with its own batch statistics in training, taken over its own
+    rows, and its own moving mean/variance at inference:
 
         y = gamma_k * (x - mean_k) / sqrt(var_k + epsilon) + beta_k
 
-    Each of gamma, beta, moving_mean and moving_variance has shape
+    A member with no row in a training batch (fewer rows than members) keeps
+    its moving statistics. Each of gamma, beta, moving_mean and moving_variance has shape
     (ensemble_size, channels). Arguments are those of
     `keras.layers.BatchNormalization` (`axis`, `momentum`, `epsilon`,
     `center`, `scale` and the initializers/regularizers/constraints).
@@ -76,46 +78,79 @@ class EnsembleBatchNormalization(keras.layers.Layer):
         shape = (self.ensemble_size, channels)
         self.gamma = (
             self.add_weight(name="gamma", shape=shape, initializer=self.gamma_initializer,
-                            regularizer=self.gamma_regularizer, constraint=self.gamma_constraint)
+                            regularizer=self.gamma_regularizer, constraint=self.gamma_constraint, autocast=False)
             if self.scale else None
         )
         self.beta = (
             self.add_weight(name="beta", shape=shape, initializer=self.beta_initializer,
-                            regularizer=self.beta_regularizer, constraint=self.beta_constraint)
+                            regularizer=self.beta_regularizer, constraint=self.beta_constraint, autocast=False)
             if self.center else None
         )
         self.moving_mean = self.add_weight(
-            name="moving_mean", shape=shape, initializer=self.moving_mean_initializer, trainable=False
+            name="moving_mean", shape=shape, initializer=self.moving_mean_initializer, trainable=False,
+            autocast=False,
         )
         self.moving_variance = self.add_weight(
-            name="moving_variance", shape=shape, initializer=self.moving_variance_initializer, trainable=False
+            name="moving_variance", shape=shape, initializer=self.moving_variance_initializer, trainable=False,
+            autocast=False,
         )
         self.input_spec = keras.layers.InputSpec(ndim=rank, axes={self._channel_axis: channels})
 
-    def _per_member(self, table, rank):
-        # (K, C) -> broadcastable on the (K, B, ...) member view.
-        shape = [1] * (rank + 1)
-        shape[0], shape[self._channel_axis + 1] = self.ensemble_size, table.shape[-1]
-        return tf.reshape(table, shape)
+    def _row_table(self, rows, table, rank):
+        """(K, C) -> one row per input row, (R, C), broadcastable on the rank-`rank` input."""
+        shape = [1] * rank
+        shape[0], shape[self._channel_axis] = -1, table.shape[-1]
+        return tf.reshape(rows.expand(table), shape)
+
+    def _member_moments(self, inputs, rows):
+        """Each member's mean and variance over its own rows and the non-channel axes.
+
+        Two passes, as `tf.nn.moments`: mean_k = sum x / n_k, then
+        var_k = sum (x - mean_k)^2 / n_k, with n_k member k's rows times the
+        positions per row. A member without rows gets 0 and 0 (n_k = 0 is
+        counted as 1: it has nothing to normalise, and no NaN reaches the
+        gradients).
+        """
+        axes = [a for a in range(1, inputs.shape.rank) if a != self._channel_axis]
+        positions = tf.cast(tf.reduce_prod(tf.gather(tf.shape(inputs), tf.constant(axes, tf.int32))), inputs.dtype)
+        counts = tf.maximum(tf.cast(rows.sizes, inputs.dtype), 1.0)[:, None] * positions
+
+        def member_means(values):
+            per_row = tf.reduce_sum(values, axis=axes) if axes else values  # (R, C)
+            return rows.sum(per_row) / counts
+
+        mean = member_means(inputs)
+        # d var / d mean = 0 at the mean: stop its gradient there, as tf.nn.moments does.
+        centred = inputs - self._row_table(rows, tf.stop_gradient(mean), inputs.shape.rank)
+        variance = member_means(tf.square(centred))
+        return mean, variance
 
     def call(self, inputs, training=False, mask=None):
-        members = split_into_members(inputs, self.ensemble_size, self.name)
-        rank = inputs.shape.rank
-        reduction_axes = [a + 1 for a in range(rank) if a != self._channel_axis]
+        # In float32 at least, as keras.layers.BatchNormalization: float16 sums of squares overflow.
+        inputs = tf.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        rows = MemberRows(inputs, self.ensemble_size)
         if training:
-            mean, variance = tf.nn.moments(members, axes=reduction_axes, keepdims=True)
-            squeeze = lambda t: tf.reshape(t, (self.ensemble_size, -1))  # noqa: E731
-            for moving, batch in ((self.moving_mean, squeeze(mean)), (self.moving_variance, squeeze(variance))):
-                moving.assign(moving * self.momentum + tf.cast(batch, moving.dtype) * (1.0 - self.momentum))
+            mean, variance = self._member_moments(inputs, rows)
+            # A member without rows in this batch keeps its statistics (momentum 1).
+            momentum = tf.where(rows.sizes > 0, tf.cast(self.momentum, inputs.dtype), 1.0)[:, None]
+            for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+                moving.assign(
+                    tf.cast(tf.cast(moving, inputs.dtype) * momentum + batch * (1.0 - momentum), moving.dtype)
+                )
         else:
-            mean = self._per_member(tf.convert_to_tensor(self.moving_mean), rank)
-            variance = self._per_member(tf.convert_to_tensor(self.moving_variance), rank)
-        outputs = (members - mean) * tf.math.rsqrt(variance + self.epsilon)
+            mean = tf.cast(self.moving_mean, inputs.dtype)
+            variance = tf.cast(self.moving_variance, inputs.dtype)
+        # y = x * scale_k + offset_k, scale_k = gamma_k / sqrt(var_k + eps) and
+        # offset_k = beta_k - mean_k * scale_k: two (K, C) tables to expand.
+        scale = tf.math.rsqrt(variance + self.epsilon)
         if self.scale:
-            outputs = outputs * self._per_member(tf.convert_to_tensor(self.gamma), rank)
+            scale = scale * tf.cast(self.gamma, inputs.dtype)
+        offset = -mean * scale
         if self.center:
-            outputs = outputs + self._per_member(tf.convert_to_tensor(self.beta), rank)
-        return merge_members(outputs)
+            offset = offset + tf.cast(self.beta, inputs.dtype)
+        rank = inputs.shape.rank
+        outputs = inputs * self._row_table(rows, scale, rank) + self._row_table(rows, offset, rank)
+        return tf.cast(outputs, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

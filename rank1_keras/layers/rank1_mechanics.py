@@ -1,7 +1,9 @@
 """The rank-1 mechanics every ensemble layer shares, written once.
 
-A layer with ensemble size K receives K*B rows in *block order* (rows
-[k*B, (k+1)*B) belong to member k) and computes, for member k,
+A layer with ensemble size K receives R rows in *block order*: member k owns
+the contiguous rows [ceil(k R / K), ceil((k+1) R / K)), that is [k*B, (k+1)*B)
+for a tiled batch of R = K*B rows, and blocks whose sizes differ by at most
+one when K does not divide R (a split training batch). For member k it computes
 
     multiplicative:  y = phi(((x o r_k) W) o s_k + b_k)      (W_k = W o r_k s_k^T)
     additive:        y = phi(x W + <x, r_k> s_k + b_k)       (W_k = W + r_k s_k^T)
@@ -12,14 +14,18 @@ each is a `(K, dim)` table that is either a point estimate (a plain weight,
 BatchEnsemble) or a trainable distribution (a `TrainableInitializer`, the
 rank-1 BNN), whose KL to the prior joins the layer's losses.
 
-`Rank1Mixin` holds that machinery; the Dense, Conv and LSTM-cell layers only
-say how to apply their shared kernel.
+`MemberRows` says which member owns each row; `Rank1Mixin` holds the rest
+of the machinery; the Dense, Conv and LSTM-cell layers only say how to apply
+their shared kernel.
 """
 
 import dataclasses
+import functools
+import numbers
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from rank1_keras import initializers as rank1_initializers
@@ -57,15 +63,116 @@ class MemberFactor:
         return self.initializer.variables if self.is_stochastic else [self.variable]
 
 
+class MemberRows:
+    """Which of K members owns each of R rows: block order, blocks as even as R allows.
+
+    Row i belongs to member floor(i K / R), so member k owns the contiguous
+    rows [ceil(k R / K), ceil((k+1) R / K)): block sizes differ by at most
+    one, and when K divides R every member owns B = R / K rows, rows
+    [k*B, (k+1)*B). With R < K some members own no row. R may be known only
+    when the graph runs (a dynamic batch size).
+
+    Args:
+        rows: the (R, ...) tensor whose rows are assigned, or R itself (an
+            int or a scalar integer tensor).
+        ensemble_size: K.
+
+    Example:
+
+    >>> rows = MemberRows(7, 3)
+    >>> rows.ids.numpy().tolist(), rows.sizes.numpy().tolist()
+    ([0, 0, 0, 1, 1, 2, 2], [3, 2, 2])
+    >>> rows.expand(tf.constant([[1.0], [2.0], [3.0]]))[:, 0].numpy().tolist()
+    [1.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+    """
+
+    def __init__(self, rows, ensemble_size):
+        self.ensemble_size = validation.check_positive_int(ensemble_size, "ensemble_size")
+        if not isinstance(rows, numbers.Integral):
+            rows = tf.convert_to_tensor(rows)
+            if rows.shape.rank == 0:  # R itself, as a tensor
+                static = tf.get_static_value(rows)
+                rows = tf.cast(rows, tf.int32) if static is None else int(static)
+            else:
+                rows = rows.shape[0] if rows.shape[0] is not None else tf.shape(rows)[0]
+        if isinstance(rows, numbers.Integral) and rows < 0:
+            raise ValueError(f"The number of rows must be non-negative; got {rows}.")
+        # A Python int when the row count is static, else a scalar int32 tensor.
+        self.row_count = int(rows) if isinstance(rows, numbers.Integral) else rows
+        # Built once per dtype: a layer expands several factor tables with the same rows.
+        self._one_hots = {}
+
+    def _starts(self):
+        """Member k owns rows [starts[k], starts[k + 1]), starts[k] = ceil(k R / K)."""
+        k = self.ensemble_size
+        if isinstance(self.row_count, int):
+            return [-(-j * self.row_count // k) for j in range(k + 1)]
+        return (tf.range(k + 1) * self.row_count + k - 1) // k
+
+    def _sizes(self):
+        starts = self._starts()
+        if isinstance(starts, list):
+            return [end - start for start, end in zip(starts[:-1], starts[1:])]
+        return starts[1:] - starts[:-1]
+
+    @property
+    def sizes(self):
+        """(K,) int32: the number of rows each member owns."""
+        return tf.convert_to_tensor(self._sizes(), tf.int32)
+
+    @functools.cached_property
+    def ids(self):
+        """(R,) int32: the member of each row, floor(i K / R)."""
+        k, count = self.ensemble_size, self.row_count
+        if isinstance(count, int):
+            return tf.constant(np.arange(count) * k // max(count, 1), tf.int32)
+        return tf.range(count) * k // tf.maximum(count, 1)
+
+    def one_hot(self, dtype="float32"):
+        """(R, K): row i is the indicator of its member."""
+        dtype = tf.as_dtype(dtype)
+        if dtype not in self._one_hots:
+            self._one_hots[dtype] = keras.ops.one_hot(self.ids, self.ensemble_size, dtype=dtype)
+        return self._one_hots[dtype]
+
+    def expand(self, table):
+        """(K, dim) -> (R, dim): row i is its member's row of `table`.
+
+        A one-hot matmul, one_hot @ table: exact (one non-zero term per row),
+        and the gradient to the table is dense, member k's row summing its
+        rows' gradients.
+        """
+        table = tf.convert_to_tensor(table)
+        return tf.matmul(self.one_hot(table.dtype), table)
+
+    def sum(self, values):
+        """(R, dim) -> (K, dim): each member's sum over its own rows, one_hot^T @ values."""
+        values = tf.convert_to_tensor(values)
+        return tf.matmul(self.one_hot(values.dtype), values, transpose_a=True)
+
+    def select(self, draws):
+        """(R, K, dim) -> (R, dim): row i keeps draws[i, k] of its own member k."""
+        return tf.gather(draws, self.ids, axis=1, batch_dims=1)
+
+    def split(self, tensor):
+        """(R, ...) -> K tensors, member k's rows (empty for a member with none)."""
+        return tf.split(tensor, self._sizes(), num=self.ensemble_size, axis=0)
+
+    @staticmethod
+    def concat(parts):
+        """K member blocks -> the (R, ...) tensor in block order: the inverse of `split`."""
+        return tf.concat(list(parts), axis=0)
+
+
 class Rank1Mixin:
     """Shared rank-1 / BatchEnsemble mechanics for Keras layers.
 
     A layer class mixes this in before its Keras base class, calls
     `_init_rank1` in `__init__`, `_add_member_factor` in `build`, and in
-    `call`: `_examples_per_member`, `_draw_factors`, `_apply_rank1`,
-    `_add_member_bias`. Activations stay in the (K*B, ...) layout; the
-    factors are expanded to one row per example instead, which is cheaper
-    than reshaping every activation into a (K, B, ...) member view.
+    `call`: `_member_rows`, `_draw_factors`, `_apply_rank1`,
+    `_add_member_bias`. Activations stay in their (R, ...) layout; the
+    factors are expanded to one row per input row instead, which is cheaper
+    than reshaping every activation into a member view, and works for any R.
     """
 
     def _init_rank1(
@@ -202,11 +309,11 @@ class Rank1Mixin:
         """
         return [v for f in self._member_factors.values() for v in f.variables]
 
-    # -- the batch: K blocks of B examples ------------------------------------
+    # -- the batch: one block of rows per member ------------------------------
 
-    def _examples_per_member(self, inputs):
-        """B for a (K*B, ...) input; checks that ensemble_size divides the batch."""
-        return examples_per_member(inputs, self.ensemble_size, self.name)
+    def _member_rows(self, inputs):
+        """The `MemberRows` of an (R, ...) input: which member owns each row."""
+        return MemberRows(inputs, self.ensemble_size)
 
     # -- drawing the factors ---------------------------------------------
 
@@ -215,35 +322,36 @@ class Rank1Mixin:
         `inference="sample"`; otherwise they take the posterior mode."""
         return bool(training) or self.inference == "sample"
 
-    def _draw_factors(self, examples_per_member, sample, add_kl=True):
+    def _draw_factors(self, rows, sample, add_kl=True):
         """Per-row values of the factors for one forward pass.
 
-        Returns a dict name -> tensor of shape (K*B, dim): row i holds the
-        factor of the member that owns row i (block order), one draw per member
-        (or a point factor) repeated over its B rows, or one draw per example.
-        With `sample=False` stochastic factors take their posterior mode (the
-        mean of a Normal). With `add_kl`, the KL terms, times `kl_weight`, join
-        the layer losses.
+        Args:
+            rows: the input's `MemberRows`.
+            sample: draw the stochastic factors; with False they take their
+                posterior mode (the mean of a Normal).
+            add_kl: add the KL terms, times `kl_weight`, to the layer losses.
+
+        Returns a dict name -> tensor of shape (R, dim): row i holds the factor
+        of the member that owns row i, one draw per member (or a point factor)
+        expanded over its rows, or, with `sample_per_example`, a draw of its own
+        (R draws of the (K, dim) table; row i keeps its member's column).
         """
         values = {}
         kl_terms = []
         for name, factor in self._member_factors.items():
             if not factor.is_stochastic:
-                values[name] = tf.repeat(tf.convert_to_tensor(factor.variable), examples_per_member, axis=0)
+                values[name] = rows.expand(factor.variable)
                 continue
+            per_row = sample and self.sample_per_example
             if sample:
-                sample_shape = [examples_per_member] if self.sample_per_example else []
+                sample_shape = [rows.row_count] if per_row else []
                 seed = tf.cast(self.factor_seed_generator.next(), tf.int32)
                 random_variable = factor.initializer(sample_shape=sample_shape, seed=seed)
             else:
                 distribution = factor.initializer.distribution()
                 random_variable = RandomVariable(distribution, value=distribution.mode())
             value = random_variable.value
-            if value.shape.rank == 3:
-                # One draw per example, (B, K, dim) -> member-major rows (K*B, dim).
-                values[name] = tf.reshape(tf.transpose(value, [1, 0, 2]), [-1, value.shape[-1]])
-            else:
-                values[name] = tf.repeat(value, examples_per_member, axis=0)
+            values[name] = rows.select(value) if per_row else rows.expand(value)
             if add_kl and factor.regularizer is not None:
                 kl_terms.append(factor.regularizer(random_variable))
         if kl_terms:
@@ -254,7 +362,7 @@ class Rank1Mixin:
 
     @staticmethod
     def _broadcast_factor(rows, rank, channel_axis):
-        """Reshapes (K*B, dim) factor rows to broadcast on a rank-`rank` tensor
+        """Reshapes (R, dim) factor rows to broadcast on a rank-`rank` tensor
         whose channels sit at `channel_axis` (-1 channels_last, 1 channels_first);
         rows for a rank-2 tensor are returned as they are."""
         if rank == 2:
@@ -269,7 +377,7 @@ class Rank1Mixin:
         """Applies the shared kernel with each row's rank-1 factors r=alpha, s=gamma.
 
         Args:
-            inputs: the (K*B, ...) input, block order.
+            inputs: the (R, ...) input, block order.
             alpha, gamma: factor rows from `_draw_factors`.
             kernel_op: applies the shared kernel W.
             summed_kernel_op: for the additive variant, applies an all-ones
@@ -300,51 +408,6 @@ class Rank1Mixin:
             "inference": self.inference,
             "seed": self.seed,
         }
-
-
-def examples_per_member(inputs, ensemble_size, layer_name):
-    """B = (K*B) // K for a block-order batch; checks that K divides the batch.
-
-    A statically known bad batch size is a ValueError; a dynamic one fails
-    at run time (InvalidArgumentError) with the same message.
-    """
-    batch_size = inputs.shape[0]
-    if batch_size is not None:
-        if batch_size % ensemble_size:
-            raise ValueError(_batch_message(layer_name, batch_size, ensemble_size))
-        return batch_size // ensemble_size
-    rows = tf.shape(inputs)[0]
-    check = tf.debugging.assert_equal(
-        rows % ensemble_size, 0, message=_batch_message(layer_name, "dynamic", ensemble_size)
-    )
-    with tf.control_dependencies([check]):
-        return rows // ensemble_size
-
-
-def split_into_members(inputs, ensemble_size, layer_name):
-    """(K*B, ...) -> (K, B, ...), block order; checks that K divides the batch."""
-    examples = examples_per_member(inputs, ensemble_size, layer_name)
-    members = tf.reshape(inputs, tf.concat([[ensemble_size, examples], tf.shape(inputs)[1:]], axis=0))
-    members.set_shape([ensemble_size, examples if isinstance(examples, int) else None] + list(inputs.shape[1:]))
-    return members
-
-
-def _batch_message(layer_name, batch_size, ensemble_size):
-    return (
-        f"Layer '{layer_name}': the batch size ({batch_size}) must be a multiple of "
-        f"ensemble_size={ensemble_size}: the batch holds ensemble_size blocks "
-        "of examples, one per member, in block order. Tile the batch with "
-        "rank1_keras.ensemble.TileEnsemble(ensemble_size) before the first ensemble layer."
-    )
-
-
-def merge_members(members):
-    """(K, B, ...) -> (K*B, ...), inverse of `split_into_members`."""
-    shape = tf.shape(members)
-    merged = tf.reshape(members, tf.concat([[-1], shape[2:]], axis=0))
-    k, b = members.shape[0], members.shape[1]
-    merged.set_shape([None if b is None else k * b] + list(members.shape[2:]))
-    return merged
 
 
 def batch_ensemble_defaults(kwargs, names=("alpha", "gamma")):

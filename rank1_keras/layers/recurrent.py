@@ -181,13 +181,13 @@ class LSTMCellRank1(Rank1Mixin, keras.layers.LSTMCell):
         self._sequence_factors = None
 
     def _draw_sequence_factors(self, step_input):
-        examples_per_member = self._examples_per_member(step_input)
+        rows = self._member_rows(step_input)
         # The hook does not know `training`: draw a sample (adding the KL once)
         # and, with inference="mean", the posterior mode; `call` picks one.
-        sampled = self._draw_factors(examples_per_member, sample=True)
+        sampled = self._draw_factors(rows, sample=True)
         if self.inference == "sample":
             return {True: sampled, False: sampled}
-        return {True: sampled, False: self._draw_factors(examples_per_member, sample=False, add_kl=False)}
+        return {True: sampled, False: self._draw_factors(rows, sample=False, add_kl=False)}
 
     def call(self, inputs, states, training=False):
         h_tm1, c_tm1 = states[0], states[1]

@@ -67,8 +67,8 @@ class MethodSettings:
             stochastic methods (dropout, rank1).
         training_likelihood: "average" or "mixture" ensemble NLL in training.
         training_batch: "tile" (every member sees the whole batch, the papers')
-            or "split" (member k trains on its own B/K examples: K times
-            cheaper steps; the batch must divide by K).
+            or "split" (member k trains on its own block of the batch,
+            floor(B/K) or ceil(B/K) examples: K times cheaper steps).
         latent_dim, latent_loss_weight: LP-BNN's VAE latent size and the
             weight of its (layer-averaged) reconstruction + KL loss.
         latent_inference: LP-BNN at evaluation: "mean" (z = mu, one pass, the
@@ -157,16 +157,6 @@ class MethodSettings:
         """Member rows per example in the training output (K, or 1)."""
         tiled = self.method in _TILED_METHODS and self.effective_training_batch == "tile"
         return self.size if tiled else 1
-
-    def check_batch_size(self, batch_size, name="per_core_batch_size"):
-        """Split training gives each member B/K examples: B must divide by K."""
-        if self.method == "bella":
-            return  # the ensemble trainer's streams give every particle a full batch
-        if self.method in _TILED_METHODS and self.training_batch == "split" and batch_size % self.ensemble_size:
-            raise ValueError(
-                f"{name}={batch_size} must be divisible by ensemble_size={self.ensemble_size} with "
-                "training_batch='split' (each member trains on its own B/K examples)."
-            )
 
     @property
     def ensemble_members(self):
