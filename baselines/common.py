@@ -176,17 +176,10 @@ def _from_flags(settings_class, **overrides):
 
 
 def apply_dataset_defaults():
-    """Gives every flag the command line (flagfiles included) left unset its `--dataset`'s default.
-
-    Returns:
-        {flag: value} of the defaults applied.
-    """
-    applied = {}
+    """Gives every flag the command line (flagfiles included) left unset its `--dataset`'s default."""
     for name, value in _DATASET_DEFAULTS.get(FLAGS.dataset, {}).items():
         if not FLAGS[name].present:
             FLAGS[name].value = value
-            applied[name] = value
-    return applied
 
 
 def settings_from_flags(replicas=1):

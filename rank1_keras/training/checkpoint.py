@@ -95,10 +95,9 @@ def save_checkpoint(directory, epoch, model, optimizer, metadata=None, keep=2):
     path = os.path.join(directory, name)
     write_atomically(path, lambda stream: np.savez(stream, **arrays))
     write_atomically(os.path.join(directory, _LATEST), lambda stream: stream.write(name.encode("utf-8")))
-    existing = sorted(f for f in os.listdir(directory) if f.startswith("ckpt-") and f.endswith(".npz"))
-    for old in existing[:-keep] if keep else []:
-        if old != name:
-            os.remove(os.path.join(directory, old))
+    for old in checkpoint_files(directory)[keep:] if keep else []:
+        if old != path:
+            os.remove(old)
     return path
 
 
@@ -120,12 +119,15 @@ class ResumePoint:
 
     Attributes:
         path: the newest checkpoint that reads back whole (None: start afresh).
+        header: the chosen checkpoint's JSON header (epoch, variables,
+            metadata), from the read that checked it (None with no path).
         skipped: (path, reason) of newer checkpoints that did not read back.
         notes: one line per thing a user should know (skipped files, a stale
-            or unreadable pointer, leftovers of an interrupted write).
+            or unreadable pointer).
     """
 
     path: str = None
+    header: dict = None
     skipped: list = dataclasses.field(default_factory=list)
     notes: list = dataclasses.field(default_factory=list)
 
@@ -162,7 +164,7 @@ def find_resume_checkpoint(directory, set_aside_unreadable=False):
         point.notes.append(note)
     for path in checkpoint_files(directory):
         try:
-            _load(path)
+            header, _ = _load(path)
         except CheckpointError as error:
             cause = error.__cause__ or error
             reason = f"{type(cause).__name__}: {cause}"
@@ -173,7 +175,7 @@ def find_resume_checkpoint(directory, set_aside_unreadable=False):
                 moved = f"; kept as {path + UNREADABLE_SUFFIX}"
             point.notes.append(f"skipped checkpoint {path}: it does not read back ({reason}){moved}")
             continue
-        point.path = path
+        point.path, point.header = path, header
         break
     if point.path and name and name != os.path.basename(point.path) and not point.skipped:
         # A kill between a checkpoint's rename and the pointer's update: the file is complete.

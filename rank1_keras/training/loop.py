@@ -319,8 +319,7 @@ def train(
         for note in resume.notes:
             print(f"warning: {note}", file=sys.stderr, flush=True)
     if resume is not None and resume.path:
-        latest = resume.path
-        header = checkpoints.read_header(latest)
+        latest, header = resume.path, resume.header
         differences = fingerprint_differences(header["metadata"].get("fingerprint"), fingerprint)
         if differences:
             raise checkpoints.CheckpointError(
