@@ -25,7 +25,7 @@ from rank1_keras.training.strategy import STRATEGIES
 from rank1_keras.training.tasks import ARCHITECTURES
 
 FLAGS = flags.FLAGS
-# Every registered method (`rank1_keras.models.methods.register_method_builder` adds more).
+# Every registered method (`rank1_keras.methods.register_method` adds more).
 METHOD_CHOICES = method_names()
 
 # The papers' CIFAR settings (METHODS.md, uncertainty-baselines' rank-1 WRN-28-10).
@@ -81,7 +81,7 @@ def define_flags(datasets, dataset_defaults=None, **defaults):
     values = {**PAPER_DEFAULTS, **defaults}
     flags.DEFINE_enum("dataset", datasets[0], datasets, "Data set.")
     flags.DEFINE_enum("method", values["method"], METHOD_CHOICES, "Method.")
-    flags.DEFINE_integer("ensemble_size", values["ensemble_size"], "Members K (ensemble, batchensemble, rank1).")
+    flags.DEFINE_integer("ensemble_size", values["ensemble_size"], "Members K (ensemble, batchensemble, rank1, lpbnn, packed).")
     flags.DEFINE_enum("prior", values["prior"], PRIORS, "Rank-1 prior family.")
     flags.DEFINE_float("prior_mean", values["prior_mean"], "Rank-1 prior location (1 for multiplicative factors).")
     flags.DEFINE_float("prior_stddev", values["prior_stddev"], "Rank-1 prior stddev (Normal) or scale (Cauchy).")
@@ -122,6 +122,11 @@ def define_flags(datasets, dataset_defaults=None, **defaults):
     flags.DEFINE_enum(
         "latent_inference", "mean", ["mean", "sample"], "LP-BNN at evaluation: z = mu, or --num_eval_samples draws."
     )
+    flags.DEFINE_float(
+        "packed_width_factor", values.get("packed_width_factor", 2.0),
+        "Packed-Ensembles: alpha, the packed network's width over the original's (each member alpha/K).",
+    )
+    flags.DEFINE_integer("packed_groups", values.get("packed_groups", 1), "Packed-Ensembles: gamma, groups per member kernel.")
     flags.DEFINE_integer("bella_rank", values["bella_rank"], "Bella: rank of each low-rank perturbation.")
     flags.DEFINE_integer("bella_num_particles", values["bella_num_particles"], "Bella: particles (its K).")
     flags.DEFINE_enum("bella_trainer", values["bella_trainer"], BELLA_TRAINERS, "Bella: plain ensemble or SVGD.")

@@ -10,12 +10,11 @@ them, or B with `training_batch="split"`), so `model.fit(x, y)` with plain
 labels trains with `AverageNLL(K)` or `MixtureNLL(K)`. The per-member
 outputs are also reachable at inference through `member_outputs(converted)`.
 
-Methods are registered by name (`register_method`), so later methods join the
-same entry point.
+Each method's conversion is part of its spec (`rank1_keras.methods`, one
+file per method), so later methods join the same entry point.
 """
 
 import dataclasses
-import inspect
 
 import keras
 import numpy as np
@@ -25,310 +24,18 @@ from rank1_keras import initializers as rank1_initializers
 from rank1_keras import regularizers as rank1_regularizers
 from rank1_keras import validation
 from rank1_keras.ensemble import OUTPUT_TYPES, TRAINING_BATCHES, TRAINING_OUTPUTS, AverageMembers, MemberAxis, TileEnsemble
-from rank1_keras.layers import (
-    Conv1DBatchEnsemble,
-    Conv1DRank1,
-    Conv2DBatchEnsemble,
-    Conv2DRank1,
-    DenseBatchEnsemble,
-    DenseRank1,
-    LSTMCellBatchEnsemble,
-    LSTMCellRank1,
-)
 from rank1_keras.layers.dropout import MCDropout
 from rank1_keras.layers.gaussian import GaussianParameters
-from rank1_keras.layers.latent_posterior import (
-    Conv1DLatentPosterior,
-    Conv2DLatentPosterior,
-    DenseLatentPosterior,
-    LatentPosteriorMixin,
-    LSTMCellLatentPosterior,
-)
-from rank1_keras.layers.low_rank import Conv1DLowRankEnsemble, Conv2DLowRankEnsemble, DenseLowRankEnsemble
-from rank1_keras.layers.normalization import EnsembleBatchNormalization
+from rank1_keras.methods.conversions import LayerRole, constructor_arguments, conversion_for, convert_batch_norm
+from rank1_keras.methods.spec import method_names, method_spec
 
 BATCH_NORM_MODES = ("per_member", "shared")
 _CORE_SUFFIX = "_members"
 
 
-# -- layer conversions --------------------------------------------------------
-# Each takes the original layer, the ensemble size and the user's options, and
-# returns the new layer plus a function that copies the original's weights in.
-
-
-def _tile(value, ensemble_size):
-    return np.tile(np.asarray(value)[None], (ensemble_size,) + (1,) * np.ndim(value))
-
-
-def _base_arguments(config, names):
-    return {name: config[name] for name in names if name in config}
-
-
-_DENSE_ARGUMENTS = (
-    "units activation use_bias kernel_initializer bias_initializer kernel_regularizer "
-    "bias_regularizer activity_regularizer kernel_constraint bias_constraint name dtype trainable"
-).split()
-_CONV_ARGUMENTS = _DENSE_ARGUMENTS[1:] + "filters kernel_size strides padding data_format dilation_rate".split()
-_LSTM_CELL_ARGUMENTS = (
-    "units activation recurrent_activation use_bias kernel_initializer recurrent_initializer "
-    "bias_initializer unit_forget_bias kernel_regularizer recurrent_regularizer bias_regularizer "
-    "kernel_constraint recurrent_constraint bias_constraint dropout recurrent_dropout seed"
-).split()
-_RNN_ARGUMENTS = "return_sequences return_state go_backwards stateful unroll name dtype trainable".split()
-
-
-def _check_plain(layer):
-    config = layer.get_config()
-    if config.get("lora_rank") or getattr(layer, "quantization_mode", None):
-        raise ValueError(
-            f"layers: '{layer.name}' is LoRA-enabled or quantized; convert the plain float model instead."
-        )
-    if config.get("groups", 1) != 1:
-        raise ValueError(
-            f"layers: '{layer.name}' is a grouped convolution (groups={config['groups']}), which has no "
-            "rank-1 counterpart; leave it out of `layers=`."
-        )
-    return config
-
-
-def _constructor_arguments(layer_class):
-    """Explicit constructor argument names of `layer_class` and its rank-1 bases."""
-    names = set()
-    for klass in layer_class.__mro__:
-        if klass in (keras.layers.Layer, keras.layers.LSTMCell, object):
-            break
-        if "__init__" in vars(klass):
-            names.update(inspect.signature(klass.__init__).parameters)
-    return names - {"self", "kwargs"} - _STRUCTURAL
-
-
-# Arguments that come from the original layer (or the converter), never from options.
-_STRUCTURAL = set(_DENSE_ARGUMENTS + _CONV_ARGUMENTS + _LSTM_CELL_ARGUMENTS + ["ensemble_size", "rank"])
-
-
-def _options_for(layer_class, options):
-    # Options go to the layers that take them: recurrent_* only to LSTM cells.
-    accepted = _constructor_arguments(layer_class)
-    return {name: value for name, value in options.items() if name in accepted}
-
-
-def _copy_kernel_and_bias(original, converted, ensemble_size):
-    converted.kernel.assign(original.kernel)
-    if original.use_bias:
-        converted.member_factors["bias"].variable.assign(_tile(original.bias.numpy(), ensemble_size))
-
-
-def _convert_dense_or_conv(layer_class):
-    def convert_layer(layer, ensemble_size, options):
-        config = _check_plain(layer)
-        names = _DENSE_ARGUMENTS if isinstance(layer, keras.layers.Dense) else _CONV_ARGUMENTS
-        new_layer = layer_class(
-            ensemble_size=ensemble_size, **_base_arguments(config, names), **_options_for(layer_class, options)
-        )
-        return new_layer, lambda: _copy_kernel_and_bias(layer, new_layer, ensemble_size)
-
-    return convert_layer
-
-
-# Bella's layers keep W0 and b frozen: regularizers and constraints on them
-# would be constants, and the new layer trains (its perturbation) whatever
-# the original's `trainable` was.
-_LOW_RANK_DROPPED = {"kernel_regularizer", "bias_regularizer", "kernel_constraint", "bias_constraint", "trainable"}
-_LOW_RANK_OPTIONS = ("rank", "seed")
-
-
-def _convert_low_rank(layer_class):
-    def convert_layer(layer, ensemble_size, options):
-        config = _check_plain(layer)
-        names = _DENSE_ARGUMENTS if isinstance(layer, keras.layers.Dense) else _CONV_ARGUMENTS
-        arguments = _base_arguments(config, [name for name in names if name not in _LOW_RANK_DROPPED])
-        # `_STRUCTURAL` lists `rank` (the rank-1 convolutions' spatial rank) and
-        # `seed` (the LSTM cell's dropout seed), so `_options_for` drops them;
-        # here they are the perturbation's rank and the seed of its draws.
-        arguments.update({name: options[name] for name in _LOW_RANK_OPTIONS if name in options})
-        new_layer = layer_class(ensemble_size=ensemble_size, **arguments, **_options_for(layer_class, options))
-
-        def copy_weights():
-            new_layer.kernel.assign(layer.kernel)
-            if layer.use_bias:
-                new_layer.bias.assign(layer.bias)
-
-        return new_layer, copy_weights
-
-    return convert_layer
-
-
-def _convert_lstm(cell_class):
-    def convert_layer(layer, ensemble_size, options):
-        config = layer.get_config()
-        cell = cell_class(
-            ensemble_size=ensemble_size, **_base_arguments(config, _LSTM_CELL_ARGUMENTS), **_options_for(cell_class, options)
-        )
-        new_layer = keras.layers.RNN(cell, **_base_arguments(config, _RNN_ARGUMENTS))
-
-        def copy_weights():
-            cell.kernel.assign(layer.cell.kernel)
-            cell.recurrent_kernel.assign(layer.cell.recurrent_kernel)
-            if layer.cell.use_bias:
-                cell.member_factors["bias"].variable.assign(_tile(layer.cell.bias.numpy(), ensemble_size))
-
-        return new_layer, copy_weights
-
-    return convert_layer
-
-
-def _convert_batch_norm(layer, ensemble_size, options):
-    config = layer.get_config()
-    axis = config["axis"]
-    if isinstance(axis, (list, tuple)):
-        if len(axis) != 1:
-            raise ValueError(f"layers: '{layer.name}' normalises over several axes {axis}; keep it shared.")
-        axis = axis[0]
-    arguments = _base_arguments(
-        config,
-        "momentum epsilon center scale beta_initializer gamma_initializer moving_mean_initializer "
-        "moving_variance_initializer beta_regularizer gamma_regularizer beta_constraint gamma_constraint "
-        "name dtype trainable".split(),
-    )
-    new_layer = EnsembleBatchNormalization(ensemble_size=ensemble_size, axis=axis, **arguments)
-
-    def copy_weights():
-        for role in ("gamma", "beta", "moving_mean", "moving_variance"):
-            source = getattr(layer, role, None)
-            if source is not None:
-                getattr(new_layer, role).assign(_tile(source.numpy(), ensemble_size))
-
-    return new_layer, copy_weights
-
-
-def _convert_dropout(layer, ensemble_size, options):
-    config = layer.get_config()
-    new_layer = MCDropout(**_base_arguments(config, "rate noise_shape seed name dtype trainable".split()))
-    return new_layer, lambda: None
-
-
-@dataclasses.dataclass
-class Method:
-    """How one method converts layers.
-
-    Attributes:
-        layer_conversions: {Keras layer class: conversion function}.
-        layer_classes: the classes the conversions create (for option checks).
-        default_training_batch: "tile" or "split".
-        converts_batch_norm: whether `batch_norm="per_member"` applies.
-        inserts_dropout: whether `dropout_rate` may insert MCDropout layers.
-        freezes_unconverted: whether every layer that is not converted is
-            frozen (trainable=False; BatchNormalization then runs in inference
-            mode), as Bella trains only its perturbations.
-        passes_options: option names accepted although `_STRUCTURAL` lists
-            them, because the method's conversions pass them on (Bella's `rank`, `seed`).
-        finalize: None, or `finalize(converted_layers, options)`, called once
-            the clone is built and its weights copied, with the layers the
-            conversions created (an LSTM as its new `keras.layers.RNN`).
-        kl_factors: factor names (e.g. "alpha") whose default regularizer is
-            a KL divergence to the prior: `convert` scales it by 1/train_size
-            and refuses to run without `train_size`.
-    """
-
-    layer_conversions: dict
-    layer_classes: tuple = ()
-    default_training_batch: str = "tile"
-    converts_batch_norm: bool = True
-    inserts_dropout: bool = False
-    freezes_unconverted: bool = False
-    passes_options: tuple = ()
-    finalize: object = None
-    kl_factors: tuple = ()
-
-
-_METHODS = {}
-
-
-def register_method(name, method):
-    """Registers a conversion `Method` under `name` (used by later methods, e.g. LP-BNN)."""
-    _METHODS[name] = method
-
-
-register_method(
-    "batchensemble",
-    Method(
-        {
-            keras.layers.Dense: _convert_dense_or_conv(DenseBatchEnsemble),
-            keras.layers.Conv1D: _convert_dense_or_conv(Conv1DBatchEnsemble),
-            keras.layers.Conv2D: _convert_dense_or_conv(Conv2DBatchEnsemble),
-            keras.layers.LSTM: _convert_lstm(LSTMCellBatchEnsemble),
-        },
-        layer_classes=(DenseBatchEnsemble, Conv1DBatchEnsemble, Conv2DBatchEnsemble, LSTMCellBatchEnsemble),
-    ),
-)
-register_method(
-    "rank1",
-    Method(
-        {
-            keras.layers.Dense: _convert_dense_or_conv(DenseRank1),
-            keras.layers.Conv1D: _convert_dense_or_conv(Conv1DRank1),
-            keras.layers.Conv2D: _convert_dense_or_conv(Conv2DRank1),
-            keras.layers.LSTM: _convert_lstm(LSTMCellRank1),
-        },
-        layer_classes=(DenseRank1, Conv1DRank1, Conv2DRank1, LSTMCellRank1),
-        kl_factors=("alpha", "gamma", "recurrent_alpha", "recurrent_gamma"),
-    ),
-)
-
-
-def _average_latent_loss_over_layers(converted_layers, options):
-    """LP-BNN's loss is w times the *mean* over layers of the VAE terms: each
-    LP-BNN layer's `latent_loss_weight` (w) is divided by their number (an
-    LSTM cell counts as one layer; its term is the mean of its two VAEs)."""
-    latent_layers = [getattr(layer, "cell", layer) for layer in converted_layers]
-    latent_layers = [layer for layer in latent_layers if isinstance(layer, LatentPosteriorMixin)]
-    for layer in latent_layers:
-        layer.latent_loss_weight = layer.latent_loss_weight / len(latent_layers)
-
-
-register_method(
-    "lpbnn",
-    Method(
-        {
-            keras.layers.Dense: _convert_dense_or_conv(DenseLatentPosterior),
-            keras.layers.Conv1D: _convert_dense_or_conv(Conv1DLatentPosterior),
-            keras.layers.Conv2D: _convert_dense_or_conv(Conv2DLatentPosterior),
-            keras.layers.LSTM: _convert_lstm(LSTMCellLatentPosterior),
-        },
-        layer_classes=(DenseLatentPosterior, Conv1DLatentPosterior, Conv2DLatentPosterior, LSTMCellLatentPosterior),
-        finalize=_average_latent_loss_over_layers,
-    ),
-)
-register_method(
-    "dropout",
-    Method(
-        {keras.layers.Dropout: _convert_dropout},
-        default_training_batch="split",
-        converts_batch_norm=False,
-        inserts_dropout=True,
-    ),
-)
-
-
-register_method(
-    "bella",
-    Method(
-        {
-            keras.layers.Dense: _convert_low_rank(DenseLowRankEnsemble),
-            keras.layers.Conv1D: _convert_low_rank(Conv1DLowRankEnsemble),
-            keras.layers.Conv2D: _convert_low_rank(Conv2DLowRankEnsemble),
-        },
-        layer_classes=(DenseLowRankEnsemble, Conv1DLowRankEnsemble, Conv2DLowRankEnsemble),
-        converts_batch_norm=False,
-        freezes_unconverted=True,
-        passes_options=_LOW_RANK_OPTIONS,
-    ),
-)
-
-
 def methods():
-    """Names of the registered methods."""
-    return sorted(_METHODS)
+    """Names of the methods `convert` can make (those whose spec has a `conversion`)."""
+    return sorted(name for name in method_names() if method_spec(name).conversion is not None)
 
 
 # -- the converter ------------------------------------------------------------
@@ -340,7 +47,7 @@ def _scaled_kl_options(spec, method, options, train_size, target_classes):
     `target_classes`: the classes this conversion creates; a factor counts
     only if one of them has it (recurrent factors only with an LSTM).
     """
-    accepted = set().union(*(_constructor_arguments(c) for c in target_classes)) if target_classes else set()
+    accepted = set().union(*(constructor_arguments(c) for c in target_classes)) if target_classes else set()
     defaulted = []
     for name in spec.kl_factors:
         if f"{name}_regularizer" in options or f"{name}_regularizer" not in accepted:
@@ -412,18 +119,6 @@ def _output_types(functional, output_type):
     return resolved
 
 
-def _conversion_for(layer, method):
-    # Exact classes first (Conv1D is not a Conv2D), then subclasses, so a
-    # user's Dense subclass still converts.
-    for layer_class, conversion in method.layer_conversions.items():
-        if type(layer) is layer_class:
-            return conversion
-    for layer_class, conversion in method.layer_conversions.items():
-        if isinstance(layer, layer_class):
-            return conversion
-    return None
-
-
 def _target_classes(model, chosen, spec):
     """The layer classes converting `model`'s chosen layers creates (`layer_classes` pairs with
     `layer_conversions` in order)."""
@@ -432,9 +127,35 @@ def _target_classes(model, chosen, spec):
     for layer in model.layers:
         if id(layer) not in chosen:
             continue
-        conversion = _conversion_for(layer, spec)
+        conversion = conversion_for(layer, spec)
         targets.update(target for keras_class, target in pairs if spec.layer_conversions[keras_class] is conversion)
     return targets
+
+
+def _layer_roles(functional, converted):
+    """{id(layer): LayerRole} for the layers in `converted` (a set of ids), read off the graph."""
+
+    def producers(tensor, seen):
+        """The converted layers and model inputs that feed `tensor` with no converted layer between."""
+        layer, node_index, _ = tensor._keras_history
+        if isinstance(layer, keras.layers.InputLayer) or id(layer) in converted:
+            return {id(layer)}
+        found = set()
+        for source in layer._inbound_nodes[node_index].input_tensors:
+            if id(source) not in seen:
+                seen.add(id(source))
+                found |= producers(source, seen)
+        return found
+
+    input_ids = {id(tensor._keras_history[0]) for tensor in functional.inputs}
+    heads = set().union(*(producers(tensor, set()) for tensor in functional.outputs))
+    roles = {}
+    for layer in functional.layers:
+        if id(layer) not in converted:
+            continue
+        sources = set().union(*(producers(tensor, set()) for tensor in layer._inbound_nodes[0].input_tensors))
+        roles[id(layer)] = LayerRole(reads_inputs=bool(sources & input_ids), writes_outputs=id(layer) in heads)
+    return roles
 
 
 def _check_model(model):
@@ -550,9 +271,9 @@ def convert(
         probabilities = converted.predict(x)        # member average
     """
     _check_model(model)
-    if method not in _METHODS:
+    if method not in methods():
         raise ValueError(f"method must be one of {methods()}; got method={method!r}.")
-    spec = _METHODS[method]
+    spec = method_spec(method).conversion
     if num_samples is not None:
         if method != "dropout":
             raise ValueError(f"num_samples applies to method='dropout' only; use ensemble_size for {method!r}.")
@@ -568,7 +289,7 @@ def convert(
         if not spec.inserts_dropout:
             raise ValueError(f"dropout_rate applies to method='dropout' only; got method={method!r}.")
         validation.check_rate(dropout_rate, "dropout_rate")
-    known = set().union(*(_constructor_arguments(c) for c in spec.layer_classes)) if spec.layer_classes else set()
+    known = set().union(*(constructor_arguments(c) for c in spec.layer_classes)) if spec.layer_classes else set()
     known |= set(spec.passes_options)
     unknown = sorted(set(options) - known)
     if unknown:
@@ -583,9 +304,13 @@ def convert(
     functional = model if isinstance(model, Functional) else keras.Model(model.inputs, model.outputs)
     copies = []  # weight-copy functions, run once the clone is built
     converted_layers = []  # the layers the conversions created, for spec.finalize
+    roles = {}
+    if spec.uses_layer_roles:
+        roles = _layer_roles(functional, {id(layer) for layer in functional.layers
+                                          if id(layer) in chosen and conversion_for(layer, spec) is not None})
 
     def clone_layer(layer):
-        conversion = _conversion_for(layer, spec) if id(layer) in chosen else None
+        conversion = conversion_for(layer, spec) if id(layer) in chosen else None
         if (
             conversion is None
             and id(layer) in chosen
@@ -593,9 +318,10 @@ def convert(
             and batch_norm == "per_member"
             and isinstance(layer, keras.layers.BatchNormalization)
         ):
-            conversion = _convert_batch_norm
+            conversion = convert_batch_norm
         if conversion is not None:
-            new_layer, copy = conversion(layer, ensemble_size, options)
+            role = {"role": roles[id(layer)]} if spec.uses_layer_roles and id(layer) in roles else {}
+            new_layer, copy = conversion(layer, ensemble_size, options, **role)
             copies.append(copy)
             converted_layers.append(new_layer)
             return new_layer
@@ -607,7 +333,7 @@ def convert(
         new_layer = layer.__class__.from_config(layer.get_config())
         if spec.freezes_unconverted:
             new_layer.trainable = False
-        if getattr(layer, "weights", None):  # graph operations (e.g. a mask's NotEqual) have none
+        if spec.copies_weights and getattr(layer, "weights", None):  # graph operations (e.g. NotEqual) have none
             copies.append(lambda: new_layer.set_weights(layer.get_weights()))
         return new_layer
 

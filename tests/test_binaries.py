@@ -209,6 +209,7 @@ def plain_wrn_parameters():
         pytest.param("ensemble", marks=pytest.mark.slow),
         "batchensemble",
         "rank1",
+        "packed",
     ],
 )
 def test_cifar10_every_method(tmp_path, method, plain_wrn_parameters):
@@ -235,6 +236,9 @@ def test_cifar10_every_method(tmp_path, method, plain_wrn_parameters):
     if method in ("deterministic", "dropout"):  # MC dropout adds no weights
         assert result["parameters"] == plain_wrn_parameters
     elif method == "ensemble":
+        assert result["parameters"] == 2 * plain_wrn_parameters
+    elif method == "packed":
+        # Width factor 2 over K = 2 members: each member is the plain network's width, a 2-member deep ensemble.
         assert result["parameters"] == 2 * plain_wrn_parameters
     else:  # shared weights plus the rank-1 factors
         assert plain_wrn_parameters < result["parameters"] < 2 * plain_wrn_parameters

@@ -6,9 +6,11 @@ import pytest
 
 from rank1_keras import initializers, regularizers
 from rank1_keras.callbacks import rank1_layers
+from rank1_keras.convert import convert
+from rank1_keras.convert import methods as convertible_methods
 from rank1_keras.layers.dropout import MCDropout
 from rank1_keras.models import MethodSettings, build_method_models, inference_model, method_names, small_cnn
-from rank1_keras.models.methods import register_method_builder
+from rank1_keras.methods import MethodSpec, method_spec, register_method, unregister_method
 from rank1_keras.training.tasks import TaskOptions
 
 
@@ -85,16 +87,48 @@ def test_members_and_samples_per_method():
     assert MethodSettings("rank1", ensemble_size=4, training_batch="split").ensemble_members == 4
 
 
-def test_a_registered_method_joins_the_names():
-    register_method_builder("test_only_plain", lambda build, settings: [build()], tiled=False)
-    try:
-        assert "test_only_plain" in method_names()
-        (model,) = build_method_models(_plain, MethodSettings("test_only_plain"))
-        assert model.output_shape == (None, 3)
-    finally:
-        from rank1_keras.models import methods
+class _TwoPlainModels(MethodSpec):
+    """A method of one's own, in a few lines: two plain models, averaged like a deep ensemble."""
 
-        methods._BUILDERS.pop("test_only_plain")
+    name = "test_only_pair"
+    separate_models = True
+
+    def size(self, settings):
+        return 2
+
+    def build(self, build_plain, settings):
+        return [build_plain(), build_plain()]
+
+
+def test_a_registered_method_is_one_spec_every_part_of_the_library_reads():
+    register_method(_TwoPlainModels())
+    try:
+        assert "test_only_pair" in method_names()
+        settings = MethodSettings("test_only_pair", ensemble_size=5)
+        assert (settings.size, settings.ensemble_members, settings.members, settings.eval_samples) == (2, 2, 1, 1)
+        models = build_method_models(_plain, settings)
+        assert len(models) == 2 and models[0].output_shape == (None, 3)
+        joined = inference_model(models)
+        x = np.random.default_rng(0).normal(size=(5, 12, 12, 1)).astype("float32")
+        expected = (models[0].predict(x, verbose=0) + models[1].predict(x, verbose=0)) / 2
+        np.testing.assert_allclose(joined.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+        with pytest.raises(ValueError, match="method must be one of"):
+            convert(_plain(), "test_only_pair")  # no conversion: convert refuses it by name
+    finally:
+        unregister_method("test_only_pair")
+    with pytest.raises(ValueError, match="method must be one of .*test_only_pair"):
+        MethodSettings("test_only_pair")
+
+
+def test_every_builtin_method_has_one_spec_in_its_own_file():
+    for name in method_names():
+        spec = method_spec(name)
+        assert spec.name == name
+        module = type(spec).__module__
+        assert module.startswith("rank1_keras.methods."), (name, module)
+    converting = {name for name in method_names() if method_spec(name).conversion is not None}
+    assert set(convertible_methods()) == converting
+    assert {"deterministic", "ensemble"}.isdisjoint(converting)
 
 
 @pytest.mark.parametrize(

@@ -102,3 +102,16 @@ def test_the_miou_column_appears_only_for_segmentation_rows():
     assert "mIoU" not in classification and classification.count("|") == 3 * 16  # 15 columns, 3 lines
     segmentation = markdown_table([{"method": "rank1", "accuracy": 0.9, "mean_iou": 0.5}, {"method": "ensemble"}])
     assert "| mIoU |" in segmentation and "| 0.5000 |" in segmentation
+
+
+def test_the_comparison_table_says_what_share_of_the_ensemble_gap_each_method_closes():
+    from rank1_keras.training.evaluation import gap_closed, markdown_table
+
+    rows = [{"method": "deterministic", "nll": 0.40}, {"method": "ensemble", "nll": 0.34},
+            {"method": "rank1", "nll": 0.37}, {"method": "batchensemble", "nll": 0.43}]
+    lines = markdown_table(rows).splitlines()
+    column = lines[0].split(" | ").index("NLL gap closed")
+    assert [line.split(" | ")[column] for line in lines[2:]] == ["0%", "100%", "50%", "-50%"]
+    assert "NLL gap closed" not in markdown_table(rows[:1] + rows[2:])  # no deep ensemble: no gap to show
+    assert gap_closed(0.9, deterministic=0.8, ensemble=0.85, lower_is_better=False) == pytest.approx(2.0)
+    assert gap_closed(0.3, deterministic=0.35, ensemble=0.36) is None  # the ensemble is no better: no gap

@@ -264,6 +264,23 @@ def test_resume_with_other_run_settings_names_them(tmp_path):
     assert record.resumed_from_epoch == 1 and record.epochs_run == 0
 
 
+def test_a_checkpoint_older_than_a_setting_resumes_when_the_setting_is_at_its_default(tmp_path):
+    """A library upgrade adds a method setting (e.g. packed_groups): old runs resume at its default only."""
+    model, settings = _build("deterministic")
+    data = _train_data(*_data())
+    short = TrainingSettings(**{**SETTINGS.__dict__, "train_epochs": 1})
+    defaults = {"method": {"prior_stddev": 0.1, "packed_groups": 1}}
+    train(model, data, short, checkpoint_dir=str(tmp_path), run_settings={"method": {"prior_stddev": 0.1}})
+    newer = {"method": {"prior_stddev": 0.1, "packed_groups": 1}}
+    record = train(model, data, short, checkpoint_dir=str(tmp_path), run_settings=newer, run_setting_defaults=defaults)
+    assert record.resumed_from_epoch == 1 and record.epochs_run == 0
+    changed = {"method": {"prior_stddev": 0.1, "packed_groups": 2}}
+    with pytest.raises(checkpoints.CheckpointError, match=r"packed_groups: 1 in the checkpoint, 2 now"):
+        train(model, data, short, checkpoint_dir=str(tmp_path), run_settings=changed, run_setting_defaults=defaults)
+    with pytest.raises(checkpoints.CheckpointError, match=r"packed_groups: not recorded in the checkpoint, 1 now"):
+        train(model, data, short, checkpoint_dir=str(tmp_path), run_settings=newer)  # no defaults: unknown
+
+
 def test_training_longer_continues_the_run_but_fewer_epochs_are_refused(tmp_path):
     _, run = _checkpointed_run(tmp_path, epochs=2)
     with pytest.raises(checkpoints.CheckpointError, match=r"trained for 2 epochs; this run has train_epochs=1"):
@@ -403,3 +420,42 @@ def test_temperature_is_fitted_unless_the_validation_split_is_perfectly_classifi
     expected = metrics.fit_temperature(mixed_x.astype("float64"), mixed_y)
     assert abs(result["temperature"] - expected) < 1e-4 * expected
     assert "temperature_skipped" not in result
+
+
+def test_validation_and_shift_metrics_are_those_of_their_own_sets():
+    """Every choice is made on `validation_*`; shift ECE after temperature uses the validation split's T."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from rank1_keras import metrics
+    from rank1_keras.training.evaluation import EvaluationSets, evaluate
+    from rank1_keras.training.loop import TrainData
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Softmax()(inputs))  # logits are the inputs
+    rng = np.random.default_rng(0)
+
+    def arrays(n, scale):
+        x = (rng.normal(size=(n, 3)) * scale).astype("float32")
+        return x, rng.integers(0, 3, n)
+
+    def data(x, y):
+        return TrainData(tf.data.Dataset.from_tensor_slices((x, y.astype("int32"))), len(y))
+
+    test, valid, shift_a, shift_b = arrays(40, 2.0), arrays(30, 3.0), arrays(20, 4.0), arrays(20, 1.0)
+    result = evaluate(model, EvaluationSets(test=data(*test), validation=data(*valid),
+                                            shifted={("noise", 1): data(*shift_a), ("blur", 1): data(*shift_b)}))
+
+    def softmax(x):
+        e = np.exp(x.astype("float64") - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    assert result["validation_nll"] == pytest.approx(metrics.negative_log_likelihood(softmax(valid[0]), valid[1]), 1e-5)
+    assert result["validation_ece"] == pytest.approx(metrics.expected_calibration_error(softmax(valid[0]), valid[1]), 1e-5)
+    shifts = [shift_a, shift_b]
+    assert result["shift_nll"] == pytest.approx(
+        np.mean([metrics.negative_log_likelihood(softmax(x), y) for x, y in shifts]), 1e-5)
+    temperature = metrics.fit_temperature(valid[0].astype("float64"), valid[1])
+    scaled_eces = [metrics.expected_calibration_error(softmax(x / temperature), y) for x, y in shifts]
+    assert result["shift_ece_temperature_scaled"] == pytest.approx(np.mean(scaled_eces), rel=1e-3, abs=1e-4)

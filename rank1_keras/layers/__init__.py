@@ -1,4 +1,4 @@
-"""Ensemble layers: rank-1 Bayesian (stochastic factors), BatchEnsemble (point factors), LP-BNN, Bella, heads."""
+"""Ensemble layers: rank-1 Bayesian (stochastic factors), BatchEnsemble (point factors), LP-BNN, Bella, Packed-Ensembles, heads."""
 
 from rank1_keras.layers.convolutional import (
     Conv1DBatchEnsemble,
@@ -23,10 +23,14 @@ from rank1_keras.layers.low_rank import (
     DenseLowRankEnsemble,
     LowRankEnsembleMixin,
 )
+from rank1_keras.layers.packed import Conv1DPackedEnsemble, Conv2DPackedEnsemble, DensePackedEnsemble
 from rank1_keras.layers.recurrent import LSTMCellBatchEnsemble, LSTMCellRank1
 
 __all__ = [
     "Conv1DBatchEnsemble",
+    "Conv1DPackedEnsemble",
+    "Conv2DPackedEnsemble",
+    "DensePackedEnsemble",
     "Conv1DRank1",
     "Conv2DBatchEnsemble",
     "Conv2DRank1",

@@ -111,11 +111,14 @@ def evaluate(model, sets, num_samples=1, batch_size=256, reliability_path=None):
     """All metrics of `model` on `sets` (an `EvaluationSets`), as a flat dict.
 
     Keys: the test metrics (`accuracy`, `nll`, `ece`, `brier`, ...);
+    `validation_nll`, `validation_ece`, `validation_accuracy` (the split that
+    every choice of settings is made on; the test metrics are reported once);
     `temperature`, `nll_temperature_scaled`, `ece_temperature_scaled` with a
     validation split (or `temperature_skipped` with the reason when every
     validation example is right, so no finite temperature minimises its NLL); `ood/<name>/auroc`, `ood/<name>/aupr` and `ood_auroc`
     (the first set); `shift/<corruption>/<severity>/{accuracy,nll,ece}` and
-    `shift_accuracy`, `shift_ece` (means over all shifts).
+    `shift_accuracy`, `shift_nll`, `shift_ece` (means over all shifts) and,
+    with a fitted temperature, `shift_ece_temperature_scaled`.
     """
     predict = member_predictor(model)
 
@@ -133,6 +136,10 @@ def evaluate(model, sets, num_samples=1, batch_size=256, reliability_path=None):
     if sets.validation is not None:
         validation_members, validation_labels = members_of(sets.validation)
         validation_probabilities = validation_members.mean(axis=0)
+        validation_metrics = metrics.evaluate_classifier(validation_probabilities, validation_labels)
+        for name in ("accuracy", "nll", "ece"):
+            result[f"validation_{name}"] = validation_metrics[name]
+    temperature = None
     if sets.validation is not None and np.all(validation_probabilities.argmax(-1) == validation_labels):
         # Every validation example right: the validation NLL falls all the way to T -> 0,
         # so there is no temperature to fit (it would sharpen test predictions without limit).
@@ -158,17 +165,21 @@ def evaluate(model, sets, num_samples=1, batch_size=256, reliability_path=None):
             result["ood_auroc"] = result[f"ood/{name}/auroc"]
             result["ood_aupr"] = result[f"ood/{name}/aupr"]
 
-    shift_accuracies, shift_eces = [], []
+    shifts = {"accuracy": [], "nll": [], "ece": [], "ece_temperature_scaled": []}
     for (corruption, severity), data in sets.shifted.items():
         shifted_members, shifted_labels = members_of(data)
-        shifted = metrics.evaluate_classifier(shifted_members.mean(axis=0), shifted_labels)
+        shifted_probabilities = shifted_members.mean(axis=0)
+        shifted = metrics.evaluate_classifier(shifted_probabilities, shifted_labels)
         for name in ("accuracy", "nll", "ece"):
             result[f"shift/{corruption}/{severity}/{name}"] = shifted[name]
-        shift_accuracies.append(shifted["accuracy"])
-        shift_eces.append(shifted["ece"])
-    if shift_accuracies:
-        result["shift_accuracy"] = float(np.mean(shift_accuracies))
-        result["shift_ece"] = float(np.mean(shift_eces))
+            shifts[name].append(shifted[name])
+        if temperature is not None:
+            # The validation split's temperature, as a user would deploy it: shifted data has no labels to fit one.
+            scaled = metrics.apply_temperature_to_probabilities(shifted_probabilities, temperature)
+            shifts["ece_temperature_scaled"].append(metrics.expected_calibration_error(scaled, shifted_labels))
+    for name, values in shifts.items():
+        if values:
+            result[f"shift_{name}"] = float(np.mean(values))
 
     if reliability_path:
         try:
@@ -188,6 +199,8 @@ TABLE_COLUMNS = (
     ("train s", "train_seconds", "{:.0f}"),
     ("accuracy", "accuracy", "{:.4f}"),
     ("NLL", "nll", "{:.4f}"),
+    # Shown when the table has a deterministic and a deep-ensemble row: see `gap_closed`.
+    ("NLL gap closed", "nll_gap_closed", "{:.0%}"),
     ("ECE", "ece", "{:.4f}"),
     ("Brier", "brier", "{:.4f}"),
     ("OOD AUROC", "ood_auroc", "{:.4f}"),
@@ -206,13 +219,13 @@ def _cell(result, key, form):
 
 
 # Task-specific columns, shown only when a row has them (classification tables keep their layout).
-_OPTIONAL_COLUMNS = {"mean_iou"}
+_OPTIONAL_COLUMNS = {"mean_iou", "nll_gap_closed"}
 
 
 def _columns(results):
     return [
         column for column in TABLE_COLUMNS
-        if column[1] not in _OPTIONAL_COLUMNS or any(column[1] in result for result in results)
+        if column[1] not in _OPTIONAL_COLUMNS or any(result.get(column[1]) is not None for result in results)
     ]
 
 
@@ -227,5 +240,34 @@ def markdown_row(result, results=None):
     return "| " + " | ".join(_cell(result, key, form) for _, key, form in columns) + " |"
 
 
+def gap_closed(value, deterministic, ensemble, lower_is_better=True):
+    """Share of the deterministic -> deep-ensemble gap a method closes: 0 = one network's, 1 = the ensemble's.
+
+        (deterministic - value) / (deterministic - ensemble)      (lower is better; the other way round else)
+
+    None when the deep ensemble is no better than one network: there is no gap to close.
+
+    >>> round(gap_closed(0.37, deterministic=0.40, ensemble=0.34), 2)
+    0.5
+    """
+    gap = deterministic - ensemble if lower_is_better else ensemble - deterministic
+    if gap <= 0:
+        return None
+    return (deterministic - value if lower_is_better else value - deterministic) / gap
+
+
+def with_gap_closed(results):
+    """Copies of `results` with `nll_gap_closed`, when one row is "deterministic" and one "ensemble"."""
+    reference = {result.get("method"): result.get("nll") for result in results}
+    deterministic, ensemble = reference.get("deterministic"), reference.get("ensemble")
+    if deterministic is None or ensemble is None:
+        return list(results)
+    return [
+        dict(result, nll_gap_closed=None if result.get("nll") is None else gap_closed(result["nll"], deterministic, ensemble))
+        for result in results
+    ]
+
+
 def markdown_table(results):
+    results = with_gap_closed(results)
     return "\n".join([markdown_header(results)] + [markdown_row(result, results) for result in results])

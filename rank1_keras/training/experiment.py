@@ -99,6 +99,7 @@ def run_experiment(
             chief=chief,
             # A resume or rerun must match these too: they change the weights or the results.
             run_settings={key: run_settings[key] for key in ("dataset", "method", "task", "model_spec")},
+            run_setting_defaults=_SETTING_DEFAULTS,
             **training_options(model, method_settings),
         )
         train_seconds += record.train_seconds
@@ -148,6 +149,12 @@ def run_experiment(
 
 
 RUN_SETTINGS = "run_settings.json"
+# Each method and task setting's default, for checkpoints written before the setting existed.
+_SETTING_DEFAULTS = {
+    part: {field.name: field.default for field in dataclasses.fields(settings_class)
+           if field.default is not dataclasses.MISSING}
+    for part, settings_class in (("method", MethodSettings), ("task", TaskOptions))
+}
 
 
 def check_output_dir(output_dir, writes):

@@ -229,12 +229,19 @@ def _flatten(value, prefix=""):
     return {prefix[:-1]: value}
 
 
-def fingerprint_differences(saved, current):
-    """'name: saved -> current' for each setting that differs ([] when none), one per flag."""
+def fingerprint_differences(saved, current, defaults=None):
+    """'name: saved -> current' for each setting that differs ([] when none), one per flag.
+
+    `defaults`: {flattened key: value} of settings a checkpoint may predate
+    (a setting added to the library later): one recorded on one side only
+    matches when the other side's value is its default.
+    """
     saved, current = _flatten(saved or {}), _flatten(current)
+    defaults = _flatten(json.loads(json.dumps(defaults or {}, default=str)))
     differences = {}
     for key in sorted(set(saved) | set(current)):
-        before, after = saved.get(key, "not recorded"), current.get(key, "not recorded")
+        before = saved.get(key, defaults.get(key, "not recorded"))
+        after = current.get(key, defaults.get(key, "not recorded"))
         if before != after:
             leaf = key.rsplit(".", 1)[-1]
             name = _FLAG_NAMES.get(leaf, leaf)
@@ -255,6 +262,7 @@ def train(
     member_streams=1,
     gradient_transform=None,
     run_settings=None,
+    run_setting_defaults=None,
 ):
     """Trains `model` (built under `strategy.scope()`) and checkpoints every epoch.
 
@@ -279,6 +287,9 @@ def train(
             change the weights or the reported numbers (method, task,
             evaluation); with the training settings it must match the
             checkpoint's for a run to resume (or a finished run to be rerun).
+        run_setting_defaults: the same shape as `run_settings`, each
+            setting's default: a checkpoint written before a setting existed
+            resumes when the setting is at its default.
 
     Returns:
         A `TrainingRecord`.
@@ -320,7 +331,9 @@ def train(
             print(f"warning: {note}", file=sys.stderr, flush=True)
     if resume is not None and resume.path:
         latest, header = resume.path, resume.header
-        differences = fingerprint_differences(header["metadata"].get("fingerprint"), fingerprint)
+        defaults = {"training": {field.name: field.default for field in dataclasses.fields(TrainingSettings)},
+                    "run": run_setting_defaults or {}}
+        differences = fingerprint_differences(header["metadata"].get("fingerprint"), fingerprint, defaults)
         if differences:
             raise checkpoints.CheckpointError(
                 f"checkpoint {latest} was trained with other settings: {'; '.join(differences)}. Rerun with the "

@@ -1,0 +1,34 @@
+"""MC dropout (Gal & Ghahramani, 2016): dropout kept on at test time, `num_eval_samples` passes averaged."""
+
+import keras
+
+from rank1_keras.convert import convert
+from rank1_keras.methods.conversions import LayerConversions, convert_dropout
+from rank1_keras.methods.spec import MethodSpec, register_method
+
+
+def _has_dropout(model):
+    return any(isinstance(layer, keras.layers.Dropout) for layer in model._flatten_layers(include_self=False))
+
+
+class MCDropoutMethod(MethodSpec):
+    """Dropout layers become `MCDropout` (always on); a model without any gets
+    `MCDropout(dropout_rate)` after every hidden Dense/Conv layer."""
+
+    name = "dropout"
+    conversion = LayerConversions(
+        {keras.layers.Dropout: convert_dropout},
+        default_training_batch="split",
+        converts_batch_norm=False,
+        inserts_dropout=True,
+    )
+    stochastic = True
+    settings_fields = ("dropout_rate", "num_eval_samples")
+
+    def build(self, build_plain, settings):
+        plain = build_plain()
+        rate = None if _has_dropout(plain) else settings.dropout_rate
+        return [convert(plain, self.name, ensemble_size=1, dropout_rate=rate)]
+
+
+register_method(MCDropoutMethod())
