@@ -14,13 +14,13 @@ import sys
 
 from absl import app, flags
 
-from rank1_keras.models.methods import (
+from rank1_keras.methods.settings import (
     BELLA_TRAINERS,
     FACTOR_INITIALIZERS,
     PRIORS,
     TRAINING_LIKELIHOODS,
-    method_names,
 )
+from rank1_keras.methods.spec import method_names
 from rank1_keras.training.strategy import STRATEGIES
 from rank1_keras.training.tasks import ARCHITECTURES
 
@@ -195,7 +195,7 @@ def settings_from_flags(replicas=1):
     of `replicas` x `--per_core_batch_size`.
     """
     apply_dataset_defaults()
-    from rank1_keras.models.methods import MethodSettings
+    from rank1_keras.methods.settings import MethodSettings
     from rank1_keras.training.loop import TrainingSettings
     from rank1_keras.training.tasks import TaskOptions
 

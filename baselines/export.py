@@ -62,7 +62,7 @@ def load_trained_models(checkpoint):
     """Rebuilds a run's models and restores their weights; returns (models, run settings)."""
     import keras
 
-    from rank1_keras.models.methods import MethodSettings, build_method_models
+    from rank1_keras.methods.settings import MethodSettings, build_method_models
     from rank1_keras.training.checkpoint import CheckpointError, find_resume_checkpoint, restore_model_weights
     from rank1_keras.training.experiment import RUN_SETTINGS
     from rank1_keras.training.loop import checkpoint_directory
@@ -99,7 +99,7 @@ def load_trained_models(checkpoint):
 def export_run(checkpoint, output_dir, num_samples=None, seed=0, raw_input=True, overwrite=False):
     """Exports the run at `checkpoint` to `output_dir` (see the module docstring); returns the path."""
     from rank1_keras.export import ServingInput, export_for_serving
-    from rank1_keras.models.methods import MethodSettings, inference_model
+    from rank1_keras.methods.settings import MethodSettings, inference_model
     from rank1_keras.training.checkpoint import umask_mode
 
     if os.path.exists(output_dir) and not overwrite:

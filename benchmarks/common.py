@@ -516,7 +516,7 @@ def method_settings(method, ensemble_size, **overrides):
     """
     import dataclasses
 
-    from rank1_keras.models import MethodSettings
+    from rank1_keras.methods.settings import MethodSettings
 
     fields = {field.name for field in dataclasses.fields(MethodSettings)}
     values = {"method": method, "ensemble_size": ensemble_size, "bella_num_particles": ensemble_size}

@@ -18,7 +18,8 @@ from benchmarks import common
 def build(method, depth, width, ensemble_size, classes, image_size):
     import keras
 
-    from rank1_keras.models import build_method_models, wide_resnet
+    from rank1_keras.models import wide_resnet
+    from rank1_keras.methods.settings import build_method_models
 
     keras.utils.set_random_seed(0)
     settings = common.method_settings(method, ensemble_size)
@@ -112,7 +113,7 @@ def main():
     common.configure_tensorflow()
     started = time.perf_counter()
     settings, models = build(args.method, args.depth, args.width, args.ensemble_size, args.classes, args.image_size)
-    from rank1_keras.convert import _trainable_count
+    from rank1_keras.methods.converter import _trainable_count
 
     info = {
         "method": args.method,

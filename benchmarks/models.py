@@ -58,11 +58,11 @@ def parameter_breakdown(models):
     means), "factor scales" (posterior scales of stochastic factors),
     "member biases", "member batch norm" (per-member BN scale/offset), and
     "shared" for every other trainable weight. Returns a Counter whose
-    "total" equals `rank1_keras.convert._trainable_count` summed over models.
+    "total" equals `rank1_keras.methods.converter._trainable_count` summed over models.
     """
     import numpy as np
 
-    from rank1_keras.convert import _trainable_count
+    from rank1_keras.methods.converter import _trainable_count
     from rank1_keras.layers import Rank1Mixin
     from rank1_keras.layers.normalization import EnsembleBatchNormalization
 
@@ -102,7 +102,7 @@ def count_network(network, methods, verify_ensemble=False):
     """{method: breakdown dict or {"skipped": reason}} for one network."""
     import keras
 
-    from rank1_keras.models import build_method_models
+    from rank1_keras.methods.settings import build_method_models
 
     ensemble_size = NETWORKS[network]["ensemble_size"]
     build_plain = _plain_builder(network)
@@ -373,7 +373,7 @@ def run(
     time_models=True,
 ):
     """Section entry point: returns {"title", "markdown", "figures", "data"}."""
-    from rank1_keras.models import method_names
+    from rank1_keras.methods import method_names
 
     all_methods = list(method_names())
     device = common.device_info()

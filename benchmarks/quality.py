@@ -70,7 +70,7 @@ COLUMNS = (
 
 
 def _settings(name, dataset, seed, quick, pretrained):
-    from rank1_keras.models.methods import MethodSettings
+    from rank1_keras.methods.settings import MethodSettings
     from rank1_keras.training.loop import TrainingSettings
     from rank1_keras.training.tasks import TaskOptions
 

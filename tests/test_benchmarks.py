@@ -7,7 +7,8 @@ import pytest
 from benchmarks import all as bench_all
 from benchmarks import common
 from benchmarks.models import parameter_breakdown
-from rank1_keras.convert import _trainable_count, convert
+from rank1_keras.convert import convert
+from rank1_keras.methods.converter import _trainable_count
 
 
 def test_median_and_quantiles():

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from rank1_keras.data import write_mimic_split
-from rank1_keras.models.methods import MethodSettings
+from rank1_keras.methods.settings import MethodSettings
 from rank1_keras.training.checkpoint import read_header
 from rank1_keras.training.experiment import run_experiment
 from rank1_keras.training.loop import TrainingSettings

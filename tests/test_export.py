@@ -13,8 +13,9 @@ from rank1_keras import metrics
 from rank1_keras.convert import member_outputs
 from rank1_keras.ensemble import AverageMembers
 from rank1_keras.export import ServingInput, export_for_serving, reset_seed_generators
-from rank1_keras.models import MethodSettings, build_method_models, inference_model, small_cnn
-from rank1_keras.models.methods import method_names
+from rank1_keras.models import small_cnn
+from rank1_keras.methods.settings import MethodSettings, build_method_models, inference_model
+from rank1_keras.methods import method_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 X = np.random.default_rng(0).uniform(size=(6, 12, 12, 1)).astype("float32")

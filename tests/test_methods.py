@@ -1,4 +1,4 @@
-"""Every method from one plain architecture (`rank1_keras.models.methods`)."""
+"""Every method from one plain architecture (`rank1_keras.methods.settings`)."""
 
 import keras
 import numpy as np
@@ -9,7 +9,8 @@ from rank1_keras.callbacks import rank1_layers
 from rank1_keras.convert import convert
 from rank1_keras.convert import methods as convertible_methods
 from rank1_keras.layers.dropout import MCDropout
-from rank1_keras.models import MethodSettings, build_method_models, inference_model, method_names, small_cnn
+from rank1_keras.models import small_cnn
+from rank1_keras.methods import MethodSettings, build_method_models, inference_model, method_names
 from rank1_keras.methods import MethodSpec, method_spec, register_method, unregister_method
 from rank1_keras.training.tasks import TaskOptions
 

@@ -31,7 +31,7 @@ import tensorflow as tf
 from baselines.export import load_trained_models
 from rank1_keras.layers.latent_posterior import LatentPosteriorMixin
 from rank1_keras.layers.low_rank import LowRankEnsembleMixin, low_rank_layers
-from rank1_keras.models.methods import MethodSettings, build_method_models
+from rank1_keras.methods.settings import MethodSettings, build_method_models
 from rank1_keras.training.checkpoint import read_header
 from rank1_keras.training.experiment import run_experiment
 from rank1_keras.training.loop import TrainData, TrainingSettings, epoch_dataset, member_stream_dataset, train
@@ -221,7 +221,7 @@ def test_lpbnn(kind, tmp_path):
     assert len(model.losses) == len(latent_layers)
 
     # Bella given this run as its frozen network: one error naming Bella's flag and the run's method.
-    from rank1_keras.models.methods import load_pretrained
+    from rank1_keras.methods.bella import load_pretrained
     from rank1_keras.training.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError) as error:

@@ -9,7 +9,8 @@ import pytest
 import rank1_keras as r1
 from rank1_keras.layers import Conv1DPackedEnsemble, Conv2DPackedEnsemble, DensePackedEnsemble
 from rank1_keras.methods.packed import member_width
-from rank1_keras.models import MethodSettings, build_method_models, small_cnn
+from rank1_keras.models import small_cnn
+from rank1_keras.methods.settings import MethodSettings, build_method_models
 
 RNG = np.random.default_rng(0)
 

@@ -8,7 +8,7 @@ import pytest
 
 from rank1_keras.data import load_digits
 from rank1_keras.data.glyph_canvases import INK_THRESHOLD, make_canvases, make_ood_canvases
-from rank1_keras.models import MethodSettings
+from rank1_keras.methods.settings import MethodSettings
 from rank1_keras.training.experiment import run_experiment
 from rank1_keras.training.loop import TrainingSettings
 from rank1_keras.training.tasks import TaskOptions

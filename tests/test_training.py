@@ -15,7 +15,8 @@ from rank1_keras.callbacks import KLAnnealing, rank1_layers
 from rank1_keras.data import load_fashion_mnist
 from rank1_keras.data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR
 from rank1_keras.losses import AverageNLL
-from rank1_keras.models import MethodSettings, build_method_models, small_cnn
+from rank1_keras.models import small_cnn
+from rank1_keras.methods.settings import MethodSettings, build_method_models
 
 pytestmark = pytest.mark.skipif(
     not os.path.isdir(DEFAULT_FASHION_MNIST_DIR),
@@ -109,6 +110,17 @@ def test_comparison_binary_prints_one_table_and_keeps_results_on_failure(tmp_pat
     methods = ["deterministic", "dropout", "ensemble", "batchensemble", "rank1", "lpbnn", "bella"]
     assert [r["method"] for r in comparison["results"]] == methods
     table = completed.stdout.split("| method |")[1]
+    header_line = next(line for line in completed.stdout.splitlines() if line.startswith("| method |"))
+    gap_column = [cell.strip() for cell in header_line.split(" | ")].index("NLL gap closed")  # the share of the deep ensemble's NLL gain each method gets
+    gaps = {line.split(" | ")[0].strip("| "): line.split(" | ")[gap_column]
+            for line in table.splitlines()[2:] if line.startswith("| ")}
+    nll = {row["method"]: row["nll"] for row in comparison["results"]}
+    if nll["ensemble"] < nll["deterministic"]:
+        assert gaps["deterministic"] == "0%" and gaps["ensemble"] == "100%"
+        expected = (nll["deterministic"] - nll["rank1"]) / (nll["deterministic"] - nll["ensemble"])
+        assert gaps["rank1"] == f"{expected:.0%}"
+    else:  # no gap to close on this slice: the column says so rather than dividing by it
+        assert set(gaps.values()) == {"-"}
     for row in comparison["results"]:
         assert f"| {row['method']} |" in table
         assert 0.0 <= row["ece"] <= 1.0 and row["nll"] > 0 and 0.2 < row["accuracy"] <= 1.0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rank1_keras.models.methods import MethodSettings, build_method_models
+from rank1_keras.methods.settings import MethodSettings, build_method_models
 from rank1_keras.models.small_cnn import small_cnn
 from rank1_keras.training import checkpoint as checkpoints
 from rank1_keras.training.loop import TrainData, TrainingSettings, epoch_dataset, train

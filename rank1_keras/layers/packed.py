@@ -92,10 +92,28 @@ class PackedEnsembleMixin:
                 constraint=self.bias_constraint,
             )
 
-    def _member_blocks(self, inputs, member_output):
-        """Applies `member_output(block, k)` to each member's rows, then adds b_k and the activation."""
+    def _member_blocks(self, inputs, member_output, all_members_output=None):
+        """Each member's rows through its own kernel, then b_k and the activation.
+
+        `member_output(block, k)` runs one member's rows; `all_members_output`,
+        when given, runs every member in one op and is used whenever the
+        blocks are even (K divides the rows: every tiled batch).
+        """
         rows = MemberRows(inputs, self.ensemble_size)
-        outputs = rows.concat([member_output(block, k) for k, block in enumerate(rows.split(inputs))])
+
+        def one_member_at_a_time():
+            return rows.concat([member_output(block, k) for k, block in enumerate(rows.split(inputs))])
+
+        count = rows.row_count
+        if all_members_output is None:
+            outputs = one_member_at_a_time()
+        elif isinstance(count, int):
+            outputs = all_members_output(inputs) if count % self.ensemble_size == 0 else one_member_at_a_time()
+        else:
+            outputs = tf.cond(
+                tf.equal(count % self.ensemble_size, 0), lambda: all_members_output(inputs), one_member_at_a_time
+            )
+        outputs.set_shape(self.compute_output_shape(inputs.shape))
         if self.use_bias:
             bias = rows.expand(self.bias)  # (R, units): each row its member's bias
             shape = [-1] + [1] * (len(outputs.shape) - 2) + [bias.shape[-1]]
@@ -177,11 +195,17 @@ class DensePackedEnsemble(PackedEnsembleMixin, keras.layers.Layer):
     def call(self, inputs):
         def member_output(block, member):
             kernel = self.kernel[member]  # (γ, d_in/γ, units/γ)
-            grouped = keras.ops.reshape(block, tuple(keras.ops.shape(block)[:-1]) + (self.groups, -1))
-            outputs = keras.ops.einsum("...gi,gio->...go", grouped, kernel)
-            return keras.ops.reshape(outputs, tuple(keras.ops.shape(block)[:-1]) + (self.units,))
+            grouped = keras.ops.reshape(block, (-1, self.groups, block.shape[-1] // self.groups))
+            outputs = keras.ops.einsum("ngi,gio->ngo", grouped, kernel)
+            return keras.ops.reshape(outputs, tf.concat([tf.shape(block)[:-1], [self.units]], 0))
 
-        return self._member_blocks(inputs, member_output)
+        def all_members_output(rows):
+            # Block order with even blocks: reshaping to (K, rows / K, ...) puts member k's rows at index k.
+            grouped = keras.ops.reshape(rows, (self.ensemble_size, -1, self.groups, rows.shape[-1] // self.groups))
+            outputs = keras.ops.einsum("kngi,kgio->kngo", grouped, self.kernel)
+            return keras.ops.reshape(outputs, tf.concat([tf.shape(rows)[:-1], [self.units]], 0))
+
+        return self._member_blocks(inputs, member_output, all_members_output)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
@@ -234,6 +258,8 @@ class _ConvPackedEnsemble(ConvolutionMixin, PackedEnsembleMixin, keras.layers.La
 
     def call(self, inputs):
         # keras.ops.conv reads γ off the kernel: input channels = γ x the kernel's input channels.
+        # One convolution per member: on TF's CPU kernels a single convolution with K·γ groups
+        # (the members' channels side by side) measured 5x slower than K plain ones.
         return self._member_blocks(inputs, lambda block, member: self._convolve(block, self.kernel[member]))
 
     def get_config(self):

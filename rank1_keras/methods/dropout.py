@@ -2,7 +2,7 @@
 
 import keras
 
-from rank1_keras.convert import convert
+from rank1_keras.methods.converter import convert
 from rank1_keras.methods.conversions import LayerConversions, convert_dropout
 from rank1_keras.methods.spec import MethodSpec, register_method
 

@@ -10,7 +10,7 @@ import dataclasses
 import keras
 
 from rank1_keras import initializers, regularizers
-from rank1_keras.convert import convert
+from rank1_keras.methods.converter import convert
 
 TRAINABLE_FAMILIES = ("trainable_normal", "trainable_cauchy")
 

@@ -20,7 +20,7 @@ import math
 import keras
 
 from rank1_keras import validation
-from rank1_keras.convert import convert
+from rank1_keras.methods.converter import convert
 from rank1_keras.layers.normalization import EnsembleBatchNormalization
 from rank1_keras.layers.packed import Conv1DPackedEnsemble, Conv2DPackedEnsemble, DensePackedEnsemble
 from rank1_keras.methods.conversions import (

@@ -97,10 +97,16 @@ def _load_builtins():
             importlib.import_module(f"rank1_keras.methods.{module}")
 
 
+def _table_position(spec):
+    module = type(spec).__module__.rsplit(".", 1)[-1]
+    builtin = type(spec).__module__.startswith("rank1_keras.methods.") and module in _BUILTIN_MODULES
+    return _BUILTIN_MODULES.index(module) if builtin else len(_BUILTIN_MODULES)
+
+
 def method_names():
-    """Every registered method's name: the library's own first, in table order."""
+    """Every registered method's name: the library's own first, in table order, then the others as registered."""
     _load_builtins()
-    return tuple(_SPECS)
+    return tuple(sorted(_SPECS, key=lambda name: _table_position(_SPECS[name])))  # stable: registration order
 
 
 def method_spec(name):

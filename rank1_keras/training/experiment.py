@@ -19,8 +19,8 @@ import time
 
 import keras
 
-from rank1_keras.convert import _trainable_count
-from rank1_keras.models.methods import MethodSettings, build_method_models, inference_model, training_options
+from rank1_keras.methods.converter import _trainable_count
+from rank1_keras.methods.settings import MethodSettings, build_method_models, inference_model, training_options
 from rank1_keras.training import evaluation
 from rank1_keras.training.checkpoint import write_atomically
 from rank1_keras.training.loop import TrainingSettings, checkpoint_directory, train

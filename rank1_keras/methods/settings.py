@@ -31,9 +31,8 @@ Example:
 import dataclasses
 
 from rank1_keras import validation
-from rank1_keras.convert import join_ensemble
-from rank1_keras.methods import method_names, method_spec  # noqa: F401  (method_names: re-exported)
-from rank1_keras.methods.bella import load_pretrained  # noqa: F401  (its public home for the binaries and tests)
+from rank1_keras.methods.converter import join_ensemble
+from rank1_keras.methods.spec import method_spec
 
 PRIORS = ("normal", "cauchy")
 FACTOR_INITIALIZERS = ("trainable_normal", "trainable_cauchy", "random_sign", "ones")
