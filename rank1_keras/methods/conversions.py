@@ -137,20 +137,28 @@ def convert_lstm(cell_class):
     return convert_layer
 
 
-def convert_batch_norm(layer, ensemble_size, options):
+def per_member_batch_norm(layer, ensemble_size, keep_trainable=True):
+    """An `EnsembleBatchNormalization` with `layer`'s arguments (fresh weights).
+
+    `keep_trainable=False` drops the original's `trainable` (a model trained
+    from scratch trains every layer).
+    """
     config = layer.get_config()
     axis = config["axis"]
     if isinstance(axis, (list, tuple)):
         if len(axis) != 1:
             raise ValueError(f"layers: '{layer.name}' normalises over several axes {axis}; keep it shared.")
         axis = axis[0]
-    arguments = _base_arguments(
-        config,
+    names = (
         "momentum epsilon center scale beta_initializer gamma_initializer moving_mean_initializer "
         "moving_variance_initializer beta_regularizer gamma_regularizer beta_constraint gamma_constraint "
-        "name dtype trainable".split(),
-    )
-    new_layer = EnsembleBatchNormalization(ensemble_size=ensemble_size, axis=axis, **arguments)
+        "name dtype"
+    ).split() + (["trainable"] if keep_trainable else [])
+    return EnsembleBatchNormalization(ensemble_size=ensemble_size, axis=axis, **_base_arguments(config, names))
+
+
+def convert_batch_norm(layer, ensemble_size, options):
+    new_layer = per_member_batch_norm(layer, ensemble_size)
 
     def copy_weights():
         for role in ("gamma", "beta", "moving_mean", "moving_variance"):

@@ -21,7 +21,6 @@ import keras
 
 from rank1_keras import validation
 from rank1_keras.methods.converter import convert
-from rank1_keras.layers.normalization import EnsembleBatchNormalization
 from rank1_keras.layers.packed import Conv1DPackedEnsemble, Conv2DPackedEnsemble, DensePackedEnsemble
 from rank1_keras.methods.conversions import (
     _CONV_ARGUMENTS,
@@ -29,6 +28,7 @@ from rank1_keras.methods.conversions import (
     LayerConversions,
     _base_arguments,
     check_plain,
+    per_member_batch_norm,
 )
 from rank1_keras.methods.spec import MethodSpec, register_method
 
@@ -68,15 +68,7 @@ def _convert_packed(layer_class):
 
 
 def _fresh_batch_norm(layer, ensemble_size, options, role=None):
-    config = layer.get_config()
-    axis = config["axis"][0] if isinstance(config["axis"], (list, tuple)) else config["axis"]
-    arguments = _base_arguments(
-        config,
-        "momentum epsilon center scale beta_initializer gamma_initializer moving_mean_initializer "
-        "moving_variance_initializer beta_regularizer gamma_regularizer beta_constraint gamma_constraint "
-        "name dtype".split(),
-    )
-    return EnsembleBatchNormalization(ensemble_size=ensemble_size, axis=axis, **arguments), lambda: None
+    return per_member_batch_norm(layer, ensemble_size, keep_trainable=False), lambda: None
 
 
 def _refuse_lstm(layer, ensemble_size, options, role=None):
