@@ -44,7 +44,7 @@ REGIMES = {
     # 9,000 training + 1,000 validation images, 15 epochs, learning rate x0.2 at epochs 10 and 13.
     "fmnist_10k": (dict(_TASK, train_examples=10000),
                    dict(_SCHEDULE, train_epochs=15, lr_decay_epochs=(10.0, 13.0), kl_annealing_epochs=10.0)),
-    # Half the data, twice the epochs.
+    # Half the data, twice the epochs: one network overfits further.
     "fmnist_5k": (dict(_TASK, train_examples=5000),
                   dict(_SCHEDULE, train_epochs=30, lr_decay_epochs=(20.0, 26.0), kl_annealing_epochs=20.0)),
     # The papers' L2 1e-4 on the shared kernels and a x0.01 decay: one network no longer overfits,
@@ -54,39 +54,43 @@ REGIMES = {
                            kl_annealing_epochs=10.0)),
 }
 
-# Row: (name, the method it ablates or None for a baseline, MethodSettings overrides, TrainingSettings overrides).
-# Every row starts from `_METHOD_DEFAULTS`, the binaries' defaults.
+# Row: (name, the row it changes one knob of or None for a method's default, MethodSettings overrides,
+# TrainingSettings overrides). Every row starts from `_METHOD_DEFAULTS`, the binaries' defaults; the
+# ablations change one knob of their base row and the ablation table reports row - base, per seed.
 _METHOD_DEFAULTS = dict(ensemble_size=4, prior_stddev=0.1, random_sign_init=-0.5, num_eval_samples=4)
+_BE = {"method": "batchensemble", "training_batch": "split"}
+_RANK1 = {"method": "rank1", "training_batch": "split"}
 ROWS = (
     ("deterministic", None, {"method": "deterministic"}, {}),
     ("ensemble", None, {"method": "ensemble"}, {}),
+    ("dropout", None, {"method": "dropout"}, {}),
+    ("batchensemble split", None, _BE, {}),
+    ("rank1 split", None, _RANK1, {}),
+    ("lpbnn", None, {"method": "lpbnn"}, {}),
     ("packed", None, {"method": "packed"}, {}),
-    ("batchensemble", "batchensemble", {"method": "batchensemble"}, {}),
-    ("rank1", "rank1", {"method": "rank1"}, {}),
-    ("batchensemble split", "batchensemble", {"method": "batchensemble", "training_batch": "split"}, {}),
-    ("rank1 split", "rank1", {"method": "rank1", "training_batch": "split"}, {}),
-    ("packed split", "packed", {"method": "packed", "training_batch": "split"}, {}),
     # Width factor 2.8 ~ half a deep ensemble's parameters (alpha^2 / K^2); 4 = K: full-width members,
     # a deep ensemble trained jointly on tiled batches (one data order for all members).
     ("packed width 2.8", "packed", {"method": "packed", "packed_width_factor": 2.8}, {}),
     ("packed width 4", "packed", {"method": "packed", "packed_width_factor": 4.0}, {}),
     ("packed groups 2", "packed", {"method": "packed", "packed_groups": 2}, {}),
-    ("dropout", None, {"method": "dropout"}, {}),
-    ("batchensemble random sign", "batchensemble", {"method": "batchensemble", "random_sign_init": 0.5}, {}),
-    ("batchensemble fast lr x4", "batchensemble", {"method": "batchensemble"}, {"fast_weight_lr_multiplier": 4.0}),
-    ("rank1 random sign", "rank1", {"method": "rank1", "random_sign_init": 0.5}, {}),
-    ("rank1 prior 0.3", "rank1", {"method": "rank1", "prior_stddev": 0.3}, {}),
-    ("rank1 posterior 0.05", "rank1", {"method": "rank1", "posterior_initial_stddev": 0.05}, {}),
-    ("rank1 mixture NLL", "rank1", {"method": "rank1", "training_likelihood": "mixture"}, {}),
-    ("rank1 1 sample", "rank1", {"method": "rank1", "num_eval_samples": 1}, {}),
-    ("rank1 fast lr x4", "rank1", {"method": "rank1"}, {"fast_weight_lr_multiplier": 4.0}),
-    ("lpbnn", "lpbnn", {"method": "lpbnn"}, {}),
+    ("packed split", "packed", {"method": "packed", "training_batch": "split"}, {}),
+    # Tiled batches: every member sees every example of every step (K times the compute of split).
+    ("batchensemble", "batchensemble split", {"method": "batchensemble", "training_batch": "tile"}, {}),
+    ("rank1", "rank1 split", {"method": "rank1", "training_batch": "tile"}, {}),
+    ("batchensemble split random sign", "batchensemble split", dict(_BE, random_sign_init=0.5), {}),
+    ("batchensemble split fast lr x4", "batchensemble split", _BE, {"fast_weight_lr_multiplier": 4.0}),
+    ("rank1 split random sign", "rank1 split", dict(_RANK1, random_sign_init=0.5), {}),
+    ("rank1 split prior 0.3", "rank1 split", dict(_RANK1, prior_stddev=0.3), {}),
+    ("rank1 split posterior 0.05", "rank1 split", dict(_RANK1, posterior_initial_stddev=0.05), {}),
+    ("rank1 split mixture NLL", "rank1 split", dict(_RANK1, training_likelihood="mixture"), {}),
+    ("rank1 split 1 sample", "rank1 split", dict(_RANK1, num_eval_samples=1), {}),
+    ("rank1 split fast lr x4", "rank1 split", _RANK1, {"fast_weight_lr_multiplier": 4.0}),
 )
 
-_CORE_ROWS = ("deterministic", "ensemble", "packed width 2.8", "batchensemble", "rank1", "batchensemble split",
-              "rank1 split")
-# What the default command runs in each regime: every ablation where the gap is measured first, the
-# methods' defaults on the second budget, and the baselines only where the papers' L2 leaves no gap.
+# The methods' defaults and the packed width at half a deep ensemble's parameters: what the targets are read on.
+_CORE_ROWS = ("deterministic", "ensemble", "batchensemble split", "rank1 split", "packed width 2.8")
+# What the default command runs in each regime: every row where the gap is measured first, the
+# core rows on the second budget, and the baselines only where the papers' L2 leaves no gap.
 REGIME_ROWS = {
     "fmnist_10k": tuple(row[0] for row in ROWS),
     "fmnist_5k": _CORE_ROWS,
@@ -214,22 +218,60 @@ def quality_table(results, row_names):
 
 def ablation_table(results, row_names):
     """Markdown: each knob's change to validation NLL (the selection split) and to test NLL / ECE, over seeds."""
-    lines = ["| method | knob | Δ val NLL | Δ NLL | Δ ECE | Δ OOD AUROC | Δ shift ECE | Δ disagreement | NLL gap closed |",
+    lines = ["| default | changed to | Δ val NLL | Δ NLL | Δ ECE | Δ OOD AUROC | Δ shift ECE | Δ disagreement | NLL gap closed |",
              "|---|---|---|---|---|---|---|---|---|"]
     baselines = (results["deterministic"], results["ensemble"])
     for name in row_names:
-        _, method, _, _ = _row(name)
-        if method is None or name == method or not results.get(method) or not results[name]:
+        _, base_name, overrides, _ = _row(name)
+        if base_name is None or not results.get(base_name) or not results[name]:
             continue
-        runs, base = results[name], results[method]
+        runs, base = results[name], results[base_name]
         pairs = [(runs[seed], base[seed]) for seed in sorted(runs) if seed in base]
-        cells = [method, name[len(method):].strip()]
+        cells = [base_name, name[len(base_name):].strip() if name.startswith(base_name) else name]
         for key in ("validation_nll", "nll", "ece", "ood_auroc", "shift_ece", "disagreement"):
             cells.append(_mean_std([r[key] - b[key] if key in r and key in b else None for r, b in pairs], "{:+.4f}"))
         gaps = _per_seed_gaps(runs, baselines, "nll", True)
         cells.append(_mean_std([100 * g if g is not None else None for g in gaps], "{:.0f}%"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def gap_figure(all_results, row_names_by_regime, path):
+    """PNG: per regime, each row's NLL gap closed (mean ± std over seeds) and its test NLL against train time."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    regimes = list(all_results)
+    figure = Figure(figsize=(11.0, 3.6 * len(regimes)))
+    FigureCanvasAgg(figure)
+    for index, regime in enumerate(regimes):
+        results, names = all_results[regime], [n for n in row_names_by_regime[regime] if all_results[regime][n]]
+        baselines = (results["deterministic"], results["ensemble"])
+        bars, time_axis = figure.add_subplot(len(regimes), 2, 2 * index + 1), figure.add_subplot(len(regimes), 2, 2 * index + 2)
+        gaps = [[100 * g for g in _per_seed_gaps(results[n], baselines, "nll", True) if g is not None] for n in names]
+        bars.barh(range(len(names)), [np.mean(g) if g else 0.0 for g in gaps],
+                  xerr=[np.std(g) if len(g) > 1 else 0.0 for g in gaps], color="tab:blue", alpha=0.7)
+        bars.set_yticks(range(len(names)), names, fontsize=7)
+        bars.invert_yaxis()
+        for x, label in ((0, "one network"), (100, "deep ensemble")):
+            bars.axvline(x, color="gray", linestyle="--", linewidth=0.8)
+        bars.axvline(50, color="tab:red", linestyle=":", linewidth=0.8)
+        bars.set_xlabel("NLL gap closed (%), mean ± std over seeds")
+        bars.set_title(f"{regime}: deterministic 0%, deep ensemble 100%", fontsize=9)
+        base_time = np.mean([r["train_seconds"] for r in results["deterministic"].values()])
+        for n in names:
+            runs = list(results[n].values())
+            x = np.mean([r["train_seconds"] for r in runs]) / base_time
+            y = [r["nll"] for r in runs]
+            time_axis.errorbar(x, np.mean(y), yerr=np.std(y) if len(y) > 1 else 0.0, fmt="o", markersize=4)
+            time_axis.annotate(n, (x, np.mean(y)), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        time_axis.set_xscale("log")
+        time_axis.set_xlabel("train time / deterministic's (shared cores: indicative)")
+        time_axis.set_ylabel("test NLL")
+        time_axis.set_title(f"{regime}: test NLL against training cost", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return path
 
 
 def main():
@@ -243,7 +285,7 @@ def main():
                         help="train nothing: write the tables from the runs already in --work_dir")
     arguments = parser.parse_args()
     seeds = tuple(int(seed) for seed in arguments.seeds.split(","))
-    sections, data = [], {}
+    sections, data, all_results, all_names = [], {}, {}, {}
     for regime in arguments.regimes.split(","):
         if regime not in REGIMES:
             raise ValueError(f"--regimes entries must be in {list(REGIMES)}; got {regime!r}.")
@@ -253,6 +295,7 @@ def main():
             if needed not in row_names:
                 row_names.insert(0 if needed == "deterministic" else 1, needed)
         results = run_rows(regime, row_names, seeds, arguments.work_dir, train=not arguments.report_only)
+        all_results[regime], all_names[regime] = results, row_names
         task, training = REGIMES[regime]
         sections.append(
             f"## {regime}\n\nFashion-MNIST, {task['train_examples']} images ({task['validation_percent']:g}% held out "
@@ -278,11 +321,15 @@ def main():
         "2 CPU cores shared with other jobs: compare it within a table only. K = 4 members everywhere.\n\n"
         + "\n\n".join(sections) + "\n"
     )
-    os.makedirs(arguments.output_dir, exist_ok=True)
+    os.makedirs(os.path.join(arguments.output_dir, "figures"), exist_ok=True)
     with open(os.path.join(arguments.output_dir, "ensemble_gap.md"), "w", encoding="utf-8") as stream:
         stream.write(markdown)
     with open(os.path.join(arguments.output_dir, "ensemble_gap.json"), "w", encoding="utf-8") as stream:
         json.dump(data, stream, indent=1, default=float)
+    try:
+        gap_figure(all_results, all_names, os.path.join(arguments.output_dir, "figures", "ensemble_gap.png"))
+    except ImportError:  # matplotlib is the optional `plots` extra
+        print("matplotlib is not installed: docs/figures/ensemble_gap.png not drawn (pip install -e '.[plots]').")
     print(markdown)
 
 

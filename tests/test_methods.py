@@ -1,5 +1,7 @@
 """Every method from one plain architecture (`rank1_keras.methods.settings`)."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -78,7 +80,17 @@ def test_dropout_inserts_mc_dropout_only_when_the_model_has_none():
 
 
 def test_members_and_samples_per_method():
-    assert MethodSettings("rank1", ensemble_size=4, num_eval_samples=3).members == 4
+    # The factor methods default to split batches (one member row per example); tiled batches give K.
+    assert MethodSettings("rank1", ensemble_size=4, num_eval_samples=3).members == 1
+    assert MethodSettings("rank1", ensemble_size=4, training_batch="tile").members == 4
+    names = ("deterministic", "dropout", "ensemble", "batchensemble", "rank1", "lpbnn", "packed")
+    assert [MethodSettings(m).effective_training_batch for m in names] == [
+        "tile", "split", "tile", "split", "split", "split", "tile"]
+    # Unset, it follows the method (a replaced method takes its own default); `resolved()` records it.
+    packed = dataclasses.replace(MethodSettings("batchensemble"), method="packed")
+    assert packed.effective_training_batch == "tile" and packed.resolved().training_batch == "tile"
+    assert MethodSettings("rank1").resolved().training_batch == "split"
+    assert MethodSettings("rank1", training_batch="tile").resolved().training_batch == "tile"
     assert MethodSettings("rank1", ensemble_size=4, num_eval_samples=3).eval_samples == 3
     assert MethodSettings("batchensemble", ensemble_size=4, num_eval_samples=3).eval_samples == 1
     assert MethodSettings("dropout", num_eval_samples=3).members == 1

@@ -96,7 +96,7 @@ def test_kl_loss_is_the_weight_times_the_closed_form_kl(trained):
 
 
 def test_comparison_binary_prints_one_table_and_keeps_results_on_failure(tmp_path):
-    """The README's main job (baselines.compare), on a slice of Fashion-MNIST, all seven methods."""
+    """The README's main job (baselines.compare), on a slice of Fashion-MNIST, all eight methods."""
     output_dir = tmp_path / "run"
     command = [sys.executable, "-m", "baselines.compare", "--flagfile=configs/embedded/fashion_mnist_demo.cfg",
                "--train_epochs=1", "--train_examples=640", "--test_examples=256", "--shift_examples=64",
@@ -107,7 +107,7 @@ def test_comparison_binary_prints_one_table_and_keeps_results_on_failure(tmp_pat
     completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root)
     assert completed.returncode == 0, completed.stderr[-3000:]
     comparison = json.loads((output_dir / "comparison.json").read_text())
-    methods = ["deterministic", "dropout", "ensemble", "batchensemble", "rank1", "lpbnn", "bella"]
+    methods = ["deterministic", "dropout", "ensemble", "batchensemble", "rank1", "lpbnn", "packed", "bella"]
     assert [r["method"] for r in comparison["results"]] == methods
     table = completed.stdout.split("| method |")[1]
     header_line = next(line for line in completed.stdout.splitlines() if line.startswith("| method |"))
@@ -133,6 +133,10 @@ def test_comparison_binary_prints_one_table_and_keeps_results_on_failure(tmp_pat
         assert per_method["accuracy"] == row["accuracy"]
     by_method = {row["method"]: row for row in comparison["results"]}
     assert by_method["ensemble"]["parameters"] == 2 * by_method["deterministic"]["parameters"]
+    # The factor methods train on split batches by default: each member on its own block of the batch.
+    for method in ("batchensemble", "rank1", "lpbnn"):
+        assert by_method[method]["settings"]["method"]["training_batch"] == "split"
+    assert by_method["packed"]["settings"]["method"]["training_batch"] == "tile"
     assert "disagreement" not in by_method["deterministic"] and by_method["ensemble"]["disagreement"] > 0
     # Bella trains low-rank perturbations of the deterministic network the job trained first.
     bella = by_method["bella"]

@@ -230,12 +230,18 @@ def convert(
         batch_norm: "per_member" (each selected BatchNormalization gets
             per-member statistics and affine parameters, as the papers; with
             `layers=`, list the BN layers too) or "shared".
-        training_batch: "tile" (every member sees every example; default for
-            ensembles) or "split" (member k trains on its own block of the
-            batch, floor(B/K) or ceil(B/K) examples; default for dropout,
-            where it is plain dropout training).
-        training_output: "members" (in training the model returns member
-            rows for the ensemble losses) or "average".
+        training_batch: "split" (member k trains on its own block of the
+            batch, floor(B/K) or ceil(B/K) examples: one network's cost per
+            step; the default of "batchensemble", "rank1", "lpbnn" and
+            "dropout", measured in docs/ensemble_gap.md) or "tile" (every
+            member sees every example, K times the compute: the papers', and
+            the default of "packed", whose members share no weights).
+            Inference always tiles.
+        training_output: "members" (in training a tiled model returns member
+            rows for the ensemble losses) or "average". With "split" each
+            training row already is its own member's prediction of its own
+            example, so rows pass unchanged and any per-example loss works
+            (`AverageNLL(K)` or Keras' own).
         num_samples: alias of `ensemble_size` for "dropout".
         dropout_rate: for "dropout", insert `MCDropout(dropout_rate)` after each
             selected layer (for models that have no Dropout layers).
@@ -365,8 +371,11 @@ def convert(
     core_model = keras.Model(core.inputs, core.outputs, name=f"{model.name}{_CORE_SUFFIX}")
     member_outputs_ = core_model(tiled if len(tiled) > 1 else tiled[0])
     member_outputs_ = member_outputs_ if isinstance(member_outputs_, (list, tuple)) else [member_outputs_]
+    # Split training rows are each one member's prediction of one example: averaging K of them
+    # would mix different examples, so in training they pass unchanged.
+    in_training = training_output if training_batch == "tile" else "members"
     outputs = [
-        AverageMembers(ensemble_size, training_output, output_types[i], name=f"average_{i}")(y)
+        AverageMembers(ensemble_size, in_training, output_types[i], name=f"average_{i}")(y)
         for i, y in enumerate(member_outputs_)
     ]
     return keras.Model(

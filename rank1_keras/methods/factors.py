@@ -73,7 +73,7 @@ def build_converted(method, build_plain, settings, point_factors=False, **option
             build_plain(),
             method,
             settings.ensemble_size,
-            training_batch=settings.training_batch,
+            training_batch=settings.effective_training_batch,
             train_size=settings.train_size,
             **factor_layer_options(settings, point_factors),
             **options,

@@ -104,7 +104,7 @@ class PackedEnsembles(MethodSpec):
                 build_plain(),
                 self.name,
                 settings.ensemble_size,
-                training_batch=settings.training_batch,
+                training_batch=settings.effective_training_batch,
                 width_factor=settings.packed_width_factor,
                 groups=settings.packed_groups,
             )

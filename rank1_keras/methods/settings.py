@@ -68,7 +68,13 @@ class MethodSettings:
         training_likelihood: "average" or "mixture" ensemble NLL in training.
         training_batch: "tile" (every member sees the whole batch, the papers')
             or "split" (member k trains on its own block of the batch,
-            floor(B/K) or ceil(B/K) examples: K times cheaper steps).
+            floor(B/K) or ceil(B/K) examples: K times cheaper steps). None
+            (default): the method's own default, its conversion's
+            `default_training_batch` ("split" for BatchEnsemble, rank-1,
+            LP-BNN and MC dropout, measured in docs/ensemble_gap.md; "tile"
+            for Packed-Ensembles, whose members share no weights), so that
+            `dataclasses.replace(settings, method=...)` takes the new
+            method's. `resolved()` fills it in; a run records that.
         latent_dim, latent_loss_weight: LP-BNN's VAE latent size and the
             weight of its (layer-averaged) reconstruction + KL loss.
         latent_inference: LP-BNN at evaluation: "mean" (z = mu, one pass, the
@@ -102,7 +108,7 @@ class MethodSettings:
     dropout_rate: float = 0.1
     num_eval_samples: int = 1
     training_likelihood: str = "average"
-    training_batch: str = "tile"
+    training_batch: str = None
     latent_dim: int = 32
     latent_loss_weight: float = 1.0
     latent_inference: str = "mean"
@@ -127,7 +133,8 @@ class MethodSettings:
         validation.check_rate(self.dropout_rate, "dropout_rate")
         validation.check_positive_int(self.num_eval_samples, "num_eval_samples")
         validation.check_choice(self.training_likelihood, "training_likelihood", TRAINING_LIKELIHOODS)
-        validation.check_choice(self.training_batch, "training_batch", TRAINING_BATCHES)
+        if self.training_batch is not None:
+            validation.check_choice(self.training_batch, "training_batch", TRAINING_BATCHES)
         validation.check_positive_int(self.latent_dim, "latent_dim")
         validation.check_non_negative_finite(self.latent_loss_weight, "latent_loss_weight")
         validation.check_choice(self.latent_inference, "latent_inference", LATENT_INFERENCE)
@@ -160,6 +167,10 @@ class MethodSettings:
     def effective_training_batch(self):
         """"tile" or "split", as the method feeds its members (Bella's ensemble trainer: "split")."""
         return self.spec.training_batch(self)
+
+    def resolved(self):
+        """A copy with `training_batch` set to what the method will use: what a run records and resumes by."""
+        return dataclasses.replace(self, training_batch=self.effective_training_batch)
 
     @property
     def members(self):

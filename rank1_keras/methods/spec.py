@@ -54,8 +54,10 @@ class MethodSpec:
         return settings.ensemble_size
 
     def training_batch(self, settings):
-        """"tile" or "split": how a training batch reaches the members."""
-        return settings.training_batch
+        """"tile" or "split": how a training batch reaches the members (unset: the conversion's default)."""
+        if settings.training_batch is not None:
+            return settings.training_batch
+        return self.conversion.default_training_batch if self.conversion is not None else "tile"
 
     def eval_samples(self, settings):
         """Forward passes averaged at evaluation."""

@@ -58,8 +58,9 @@ def run_experiment(
     strategy = strategy or make_strategy("default")
     chief = is_chief(strategy)
     task = task or load_task(dataset, task_options)
+    # Resolved: the run records (and resumes by) the training batch the method uses, not "its default".
     method_settings = dataclasses.replace(
-        method_settings, train_size=task.train.num_examples * task.positions_per_example
+        method_settings.resolved(), train_size=task.train.num_examples * task.positions_per_example
     )
     seed = training_settings.seed
     run_settings = {
