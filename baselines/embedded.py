@@ -16,17 +16,20 @@ from baselines import common
 from rank1_keras.training.tasks import EMBEDDED_TASKS
 
 # Flags a data set's runs need to converge (its configs/embedded/ flagfile's), for flags left unset.
+# Tiled batches: the README's numbers for these runs were measured so (split, the library's
+# default since docs/ensemble_gap.md, is not re-measured on them).
 DATASET_DEFAULTS = {
     "digits": dict(
-        train_epochs=20, base_batch_size=64, per_core_batch_size=64, kl_annealing_epochs=10.0, num_eval_samples=4
+        train_epochs=20, base_batch_size=64, per_core_batch_size=64, kl_annealing_epochs=10.0, num_eval_samples=4,
+        training_batch="tile",
     ),
     "japanese_vowels": dict(
         train_epochs=40, base_learning_rate=3e-3, base_batch_size=32, per_core_batch_size=32,
-        kl_annealing_epochs=20.0, num_eval_samples=4, dropout_rate=0.2,
+        kl_annealing_epochs=20.0, num_eval_samples=4, dropout_rate=0.2, training_batch="tile",
     ),
     "glyph_segmentation": dict(
         train_epochs=4, base_learning_rate=3e-3, base_batch_size=32, per_core_batch_size=32,
-        kl_annealing_epochs=2.0, num_eval_samples=4, shift_examples=300,
+        kl_annealing_epochs=2.0, num_eval_samples=4, shift_examples=300, training_batch="tile",
     ),
 }
 

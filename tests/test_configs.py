@@ -143,4 +143,5 @@ def test_embedded_binary_takes_each_data_sets_converging_defaults_for_unset_flag
         assert matches, dataset
         written = dict(line.strip()[2:].split("=", 1) for line in open(matches[0]) if line.startswith("--"))
         for name, value in defaults.items():
-            assert float(written[name]) == float(value), (dataset, name, written[name], value)
+            parse = str if isinstance(value, str) else float
+            assert parse(written[name]) == parse(value), (dataset, name, written[name], value)

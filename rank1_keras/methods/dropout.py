@@ -25,6 +25,10 @@ class MCDropoutMethod(MethodSpec):
     stochastic = True
     settings_fields = ("dropout_rate", "num_eval_samples")
 
+    def training_batch(self, settings):
+        # One network trains on each example once, whatever --training_batch says for the ensembles.
+        return "split"
+
     def build(self, build_plain, settings):
         plain = build_plain()
         rate = None if _has_dropout(plain) else settings.dropout_rate
