@@ -117,7 +117,7 @@ def define_flags(datasets, dataset_defaults=None, **defaults):
     flags.DEFINE_enum(
         "training_batch", None, ["tile", "split"],
         "Every member sees the batch (tile) or its B/K share (split); unset: the method's default "
-        "(split for batchensemble, rank1, lpbnn and dropout, tile for packed).",
+        "(tile for the ensembles, split for dropout).",
     )
     flags.DEFINE_integer("latent_dim", values["latent_dim"], "LP-BNN: VAE latent size per layer.")
     flags.DEFINE_float("latent_loss_weight", values["latent_loss_weight"], "LP-BNN: weight of the VAE loss (layer mean).")

@@ -175,7 +175,7 @@ def _mean_std(values, form="{:.4f}"):
         return "-"
     if len(values) == 1:
         return form.format(values[0])
-    return f"{form.format(np.mean(values))} ± {form.format(np.std(values))}"
+    return f"{form.format(np.mean(values))} ± {form.replace('+', '').format(np.std(values))}"
 
 
 def _per_seed_gaps(runs, baselines, key, lower_is_better):

@@ -95,3 +95,28 @@ def test_all_accepts_other_section_shapes(tmp_path):
     assert section["title"] == "Quality" and section["markdown"] == "| a |"
     markdown = bench_all._link_missing_figures(section, tmp_path)
     assert "![q](figures/q.png)" in markdown
+
+
+def test_ensemble_gap_tables_report_each_rows_share_and_each_knob_against_its_base():
+    from benchmarks import ensemble_gap
+
+    def run(nll, val, ece=0.01):
+        return {"nll": nll, "validation_nll": val, "ece": ece, "ood_auroc": 0.9, "shift_ece": 0.1,
+                "disagreement": 0.05, "parameters": 100, "train_seconds": 10.0, "accuracy": 0.9}
+
+    results = {
+        "deterministic": {0: run(0.40, 0.41), 1: run(0.50, 0.51)},
+        "ensemble": {0: run(0.30, 0.31), 1: run(0.40, 0.41)},
+        "rank1 split": {0: run(0.35, 0.36), 1: run(0.50, 0.50)},
+        "rank1 split prior 0.3": {0: run(0.33, 0.34), 1: run(0.46, 0.47)},
+    }
+    names = list(results)
+    quality = ensemble_gap.quality_table(results, names)
+    row = next(line for line in quality.splitlines() if line.startswith("| rank1 split |"))
+    assert "25% ± 25%" in row  # per seed (0.40-0.35)/0.10 = 50% and 0% -> mean 25%, std 25%
+    ablation = ensemble_gap.ablation_table(results, names)
+    knob = next(line for line in ablation.splitlines() if "prior 0.3" in line)
+    cells = [cell.strip() for cell in knob.strip("|").split("|")]
+    assert cells[:2] == ["rank1 split", "prior 0.3"]
+    assert cells[2] == "-0.0250 ± 0.0050"  # validation NLL: -0.02 and -0.03 against the base row, not the default
+    assert len(ablation.splitlines()) == 3  # the baselines and the base row itself are not knobs

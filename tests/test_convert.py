@@ -377,7 +377,7 @@ def _lstm_net():
 
 @pytest.mark.parametrize("model,training_output", [("dense", "members"), ("dense", "average"), ("masked_lstm", "members")])
 def test_split_training_batch_gives_each_member_its_own_block(model, training_output):
-    """The default training batch, "split": row i of a training pass is member floor(i K / B) on example i.
+    """training_batch="split": row i of a training pass is member floor(i K / B) on example i.
 
     With training_output="average" too: averaging K split rows would mix different examples.
     """
@@ -385,7 +385,8 @@ def test_split_training_batch_gives_each_member_its_own_block(model, training_ou
     options = dict(alpha_initializer="random_sign", gamma_initializer="random_sign")
     if model == "masked_lstm":
         options.update(recurrent_alpha_initializer="random_sign", recurrent_gamma_initializer="random_sign")
-    converted = r1.convert(original, "batchensemble", ensemble_size=2, training_output=training_output, **options)
+    converted = r1.convert(original, "batchensemble", ensemble_size=2, training_batch="split",
+                           training_output=training_output, **options)
     rng = np.random.default_rng(1)
     if model == "dense":
         x = rng.normal(size=(4, 5)).astype("float32")
@@ -408,9 +409,9 @@ def test_split_training_batch_gives_each_member_its_own_block(model, training_ou
 
 @pytest.mark.parametrize("training_output", ["members", "average"])
 def test_training_output(training_output):
-    """Tiled training: every member on every example, as member rows or their average."""
+    """Tiled training (the default): every member on every example, as member rows or their average."""
     converted = r1.convert(_dense_net(0), "batchensemble", ensemble_size=3, training_output=training_output,
-                           training_batch="tile", alpha_initializer="random_sign")
+                           alpha_initializer="random_sign")
     x = np.random.default_rng(2).normal(size=(2, 5)).astype("float32")
     members = r1.member_outputs(converted)(x).numpy().astype(np.float64)  # (2, 3, 4)
     training = converted(x, training=True).numpy()

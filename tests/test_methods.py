@@ -80,17 +80,17 @@ def test_dropout_inserts_mc_dropout_only_when_the_model_has_none():
 
 
 def test_members_and_samples_per_method():
-    # The factor methods default to split batches (one member row per example); tiled batches give K.
-    assert MethodSettings("rank1", ensemble_size=4, num_eval_samples=3).members == 1
-    assert MethodSettings("rank1", ensemble_size=4, training_batch="tile").members == 4
+    # The ensembles default to tiled batches (K member rows per example); split batches give one.
+    assert MethodSettings("rank1", ensemble_size=4, num_eval_samples=3).members == 4
+    assert MethodSettings("rank1", ensemble_size=4, training_batch="split").members == 1
     names = ("deterministic", "dropout", "ensemble", "batchensemble", "rank1", "lpbnn", "packed")
     assert [MethodSettings(m).effective_training_batch for m in names] == [
-        "tile", "split", "tile", "split", "split", "split", "tile"]
+        "tile", "split", "tile", "tile", "tile", "tile", "tile"]
     # Unset, it follows the method (a replaced method takes its own default); `resolved()` records it.
-    packed = dataclasses.replace(MethodSettings("batchensemble"), method="packed")
-    assert packed.effective_training_batch == "tile" and packed.resolved().training_batch == "tile"
-    assert MethodSettings("rank1").resolved().training_batch == "split"
-    assert MethodSettings("rank1", training_batch="tile").resolved().training_batch == "tile"
+    rank1 = dataclasses.replace(MethodSettings("dropout"), method="rank1")
+    assert rank1.effective_training_batch == "tile" and rank1.resolved().training_batch == "tile"
+    assert MethodSettings("dropout").resolved().training_batch == "split"
+    assert MethodSettings("rank1", training_batch="split").resolved().training_batch == "split"
     assert MethodSettings("rank1", ensemble_size=4, num_eval_samples=3).eval_samples == 3
     assert MethodSettings("batchensemble", ensemble_size=4, num_eval_samples=3).eval_samples == 1
     assert MethodSettings("dropout", num_eval_samples=3).members == 1

@@ -68,17 +68,17 @@ def test_default_conversion_trains_members_that_differ(method):
 
 
 def test_batchensemble_with_ones_factors_is_k_copies_on_tiled_batches():
-    # Why the factors default to random signs: on tiled batches factors at one give
-    # every member the same gradient, so the members never part.
+    # Why the factors default to random signs: on tiled batches (the default) factors at
+    # one give every member the same gradient, so the members never part.
     x, y = _iris()
-    converted = r1.convert(_classifier(), "batchensemble", K, alpha_initializer="ones", gamma_initializer="ones",
-                           training_batch="tile")
+    converted = r1.convert(_classifier(), "batchensemble", K, alpha_initializer="ones", gamma_initializer="ones")
     converted.compile(keras.optimizers.Adam(0.01), r1.AverageNLL(K))
     converted.fit(x, y, epochs=5, batch_size=32, verbose=0)
     members = _members(converted, x)
     np.testing.assert_allclose(members, np.repeat(members[:, :1], K, axis=1), atol=1e-6)
-    # The default split batch gives each member its own examples, so even factors at one part.
-    converted = r1.convert(_classifier(), "batchensemble", K, alpha_initializer="ones", gamma_initializer="ones")
+    # A split batch gives each member its own examples, so even factors at one part.
+    converted = r1.convert(_classifier(), "batchensemble", K, alpha_initializer="ones", gamma_initializer="ones",
+                           training_batch="split")
     converted.compile(keras.optimizers.Adam(0.01), r1.AverageNLL(K))
     converted.fit(x, y, epochs=5, batch_size=32, verbose=0)
     members = _members(converted, x)

@@ -96,12 +96,14 @@ def test_kl_loss_is_the_weight_times_the_closed_form_kl(trained):
 
 
 def test_comparison_binary_prints_one_table_and_keeps_results_on_failure(tmp_path):
-    """The README's main job (baselines.compare), on a slice of Fashion-MNIST, all eight methods."""
+    """The README's main job (baselines.compare), on a slice of Fashion-MNIST, plus LP-BNN and Bella."""
     output_dir = tmp_path / "run"
     command = [sys.executable, "-m", "baselines.compare", "--flagfile=configs/embedded/fashion_mnist_demo.cfg",
                "--train_epochs=1", "--train_examples=640", "--test_examples=256", "--shift_examples=64",
                "--corruption_severities=1,5", "--per_core_batch_size=64", "--ensemble_size=2", "--num_eval_samples=2",
-               "--verbose=0", f"--output_dir={output_dir}"]
+               "--verbose=0", f"--output_dir={output_dir}",
+               "--methods=deterministic,dropout,ensemble,batchensemble,rank1,lpbnn,packed,bella",
+               "--training_batch=split"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root)
@@ -133,10 +135,10 @@ def test_comparison_binary_prints_one_table_and_keeps_results_on_failure(tmp_pat
         assert per_method["accuracy"] == row["accuracy"]
     by_method = {row["method"]: row for row in comparison["results"]}
     assert by_method["ensemble"]["parameters"] == 2 * by_method["deterministic"]["parameters"]
-    # The factor methods train on split batches by default: each member on its own block of the batch.
-    for method in ("batchensemble", "rank1", "lpbnn"):
+    # --training_batch reaches every ensemble, and each run records the batch it trained on.
+    for method in ("batchensemble", "rank1", "lpbnn", "packed", "dropout"):
         assert by_method[method]["settings"]["method"]["training_batch"] == "split"
-    assert by_method["packed"]["settings"]["method"]["training_batch"] == "tile"
+    assert by_method["ensemble"]["settings"]["method"]["training_batch"] == "tile"
     assert "disagreement" not in by_method["deterministic"] and by_method["ensemble"]["disagreement"] > 0
     # Bella trains low-rank perturbations of the deterministic network the job trained first.
     bella = by_method["bella"]

@@ -20,8 +20,7 @@ from rank1_keras.methods.spec import MethodSpec, register_method
 
 class BatchEnsemble(MethodSpec):
     name = "batchensemble"
-    conversion = rank1_style_conversions(DenseBatchEnsemble, Conv1DBatchEnsemble, Conv2DBatchEnsemble, LSTMCellBatchEnsemble,
-                                         default_training_batch="split")
+    conversion = rank1_style_conversions(DenseBatchEnsemble, Conv1DBatchEnsemble, Conv2DBatchEnsemble, LSTMCellBatchEnsemble)
     member_rows = True
     settings_fields = ("alpha_initializer", "gamma_initializer", "random_sign_init", "use_additive_perturbation",
                        "training_batch", "training_likelihood")

@@ -230,13 +230,13 @@ def convert(
         batch_norm: "per_member" (each selected BatchNormalization gets
             per-member statistics and affine parameters, as the papers; with
             `layers=`, list the BN layers too) or "shared".
-        training_batch: "split" (member k trains on its own block of the
-            batch, floor(B/K) or ceil(B/K) examples: one network's cost per
-            step; the default of "batchensemble", "rank1", "lpbnn" and
-            "dropout", measured in docs/ensemble_gap.md) or "tile" (every
-            member sees every example, K times the compute: the papers', and
-            the default of "packed", whose members share no weights).
-            Inference always tiles.
+        training_batch: "tile" (every member sees every example, K times the
+            compute: the papers', and the default for the ensembles, whose
+            NLL it improves most in docs/ensemble_gap.md) or "split" (member
+            k trains on its own block of the batch, floor(B/K) or ceil(B/K)
+            examples: one network's cost per step; the default for
+            "dropout", where it is plain dropout training). Inference always
+            tiles.
         training_output: "members" (in training a tiled model returns member
             rows for the ensemble losses) or "average". With "split" each
             training row already is its own member's prediction of its own

@@ -31,7 +31,6 @@ class LPBNN(MethodSpec):
     conversion = rank1_style_conversions(
         DenseLatentPosterior, Conv1DLatentPosterior, Conv2DLatentPosterior, LSTMCellLatentPosterior,
         finalize=_average_latent_loss_over_layers,
-        default_training_batch="split",
     )
     member_rows = True
     settings_fields = ("latent_dim", "latent_loss_weight", "latent_inference", "random_sign_init",

@@ -18,7 +18,6 @@ class Rank1BNN(MethodSpec):
     conversion = rank1_style_conversions(
         DenseRank1, Conv1DRank1, Conv2DRank1, LSTMCellRank1,
         kl_factors=("alpha", "gamma", "recurrent_alpha", "recurrent_gamma"),
-        default_training_batch="split",
     )
     member_rows = True
     stochastic = True

@@ -70,9 +70,8 @@ class MethodSettings:
             or "split" (member k trains on its own block of the batch,
             floor(B/K) or ceil(B/K) examples: K times cheaper steps). None
             (default): the method's own default, its conversion's
-            `default_training_batch` ("split" for BatchEnsemble, rank-1,
-            LP-BNN and MC dropout, measured in docs/ensemble_gap.md; "tile"
-            for Packed-Ensembles, whose members share no weights), so that
+            `default_training_batch` ("tile" for the ensembles, the better
+            NLL in docs/ensemble_gap.md; "split" for MC dropout), so that
             `dataclasses.replace(settings, method=...)` takes the new
             method's. `resolved()` fills it in; a run records that.
         latent_dim, latent_loss_weight: LP-BNN's VAE latent size and the

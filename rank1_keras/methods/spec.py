@@ -54,10 +54,13 @@ class MethodSpec:
         return settings.ensemble_size
 
     def training_batch(self, settings):
-        """"tile" or "split": how a training batch reaches the members (unset: the conversion's default)."""
-        if settings.training_batch is not None:
-            return settings.training_batch
-        return self.conversion.default_training_batch if self.conversion is not None else "tile"
+        """"tile" or "split": how a training batch reaches the members (unset: the conversion's default).
+
+        Plain models (no conversion) see each example once: "tile", whatever the setting.
+        """
+        if self.conversion is None:
+            return "tile"
+        return settings.training_batch or self.conversion.default_training_batch
 
     def eval_samples(self, settings):
         """Forward passes averaged at evaluation."""
