@@ -120,3 +120,30 @@ def test_ensemble_gap_tables_report_each_rows_share_and_each_knob_against_its_ba
     assert cells[:2] == ["rank1 split", "prior 0.3"]
     assert cells[2] == "-0.0250 ± 0.0050"  # validation NLL: -0.02 and -0.03 against the base row, not the default
     assert len(ablation.splitlines()) == 3  # the baselines and the base row itself are not knobs
+
+
+def test_each_ensemble_gap_ablation_changes_one_knob_of_its_base_row():
+    """An ablation row's Δ is read as that knob's effect: its settings must differ from its base's in one field."""
+    import dataclasses
+
+    from benchmarks import ensemble_gap
+
+    names = [row[0] for row in ensemble_gap.ROWS]
+    for name, base_name, _, _ in ensemble_gap.ROWS:
+        if base_name is None:
+            continue
+        assert base_name in names, name
+        changed = []
+        for row_settings, base_settings in zip(ensemble_gap._settings(name, "fmnist_10k", 0),
+                                               ensemble_gap._settings(base_name, "fmnist_10k", 0)):
+            if hasattr(row_settings, "resolved"):  # compare the batch layout each method will really use
+                row_settings, base_settings = row_settings.resolved(), base_settings.resolved()
+            row_fields, base_fields = dataclasses.asdict(row_settings), dataclasses.asdict(base_settings)
+            changed += [field for field in row_fields if row_fields[field] != base_fields[field]]
+        assert len(changed) == 1, (name, changed)
+    # The library's defaults are the base rows the targets are read on.
+    from rank1_keras.methods.settings import MethodSettings
+
+    for method in ("batchensemble", "rank1"):
+        default_row = ensemble_gap._settings(method, "fmnist_10k", 0)[0]
+        assert default_row.effective_training_batch == MethodSettings(method=method).effective_training_batch
