@@ -147,3 +147,25 @@ def test_each_ensemble_gap_ablation_changes_one_knob_of_its_base_row():
     for method in ("batchensemble", "rank1"):
         default_row = ensemble_gap._settings(method, "fmnist_10k", 0)[0]
         assert default_row.effective_training_batch == MethodSettings(method=method).effective_training_batch
+
+
+def test_ensemble_gap_targets_say_met_only_when_every_condition_holds():
+    from benchmarks import ensemble_gap
+
+    def run(nll, ece, seconds, parameters=100):
+        return {"nll": nll, "ece": ece, "train_seconds": seconds, "parameters": parameters,
+                "shift_ece_temperature_scaled": 0.1}
+
+    results = {
+        "deterministic": {0: run(0.40, 0.02, 10.0)},
+        "ensemble": {0: run(0.30, 0.01, 40.0, parameters=400)},
+        "batchensemble": {0: run(0.34, 0.02, 50.0)},  # 60% of the gap, ECE equal to one network's: met
+        "rank1": {0: run(0.34, 0.03, 50.0)},  # 60% but ECE worse: not met
+        "batchensemble split": {0: run(0.34, 0.01, 16.0)},  # 60%, ECE fine, but 1.6x one network's time
+        "packed width 2.8": {0: run(0.32, 0.01, 20.0, parameters=150)},  # 80% at 0.375 of the parameters: met
+    }
+    table = ensemble_gap.targets_table(results)
+    verdicts = {line.split(" | ")[0].strip("| "): line.rstrip(" |").split(" | ")[-1]
+                for line in table.splitlines()[2:]}
+    assert verdicts == {"batchensemble": "yes", "rank1": "no", "batchensemble split": "no", "packed width 2.8": "yes"}
+    assert "| batchensemble split | 60% (≥ 50%) |" in table and "1.60× (≤ 1.5×)" in table
