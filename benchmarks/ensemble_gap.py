@@ -242,16 +242,16 @@ def ablation_table(results, row_names):
 
 
 # The issue's targets, per efficient row: (row, NLL gap share it must close, max parameters as a share
-# of the deep ensemble's or None). Every row must also keep ECE <= one network's, and the cheap rows
-# (split batches) must train in <= 1.5x one network's time.
+# of the deep ensemble's or None, max training time as a multiple of one network's or None). Every row
+# must also keep ECE <= one network's; the one-network-cost configurations (split batches) carry the
+# training-time bound.
 TARGETS = (
-    ("batchensemble", 0.5, None),
-    ("rank1", 0.5, None),
-    ("batchensemble split", 0.5, None),
-    ("rank1 split", 0.5, None),
-    ("packed width 2.8", 0.7, 0.5),
+    ("batchensemble", 0.5, None, None),
+    ("rank1", 0.5, None, None),
+    ("batchensemble split", 0.5, None, 1.5),
+    ("rank1 split", 0.5, None, 1.5),
+    ("packed width 2.8", 0.7, 0.5, None),
 )
-_CHEAP_TIME_RATIO = 1.5
 
 
 def targets_table(results):
@@ -269,7 +269,7 @@ def targets_table(results):
     ensemble_parameters = next(iter(results["ensemble"].values()))["parameters"]
     lines = ["| row | NLL gap closed (target) | ECE (one network's) | params / deep ensemble's | train time / one network's "
              "| shift ECE (T) (one network's) | met |", "|---|---|---|---|---|---|---|"]
-    for name, share, max_parameters in TARGETS:
+    for name, share, max_parameters, max_time_ratio in TARGETS:
         runs = results.get(name)
         if not runs:
             continue
@@ -281,12 +281,12 @@ def targets_table(results):
         checks = [gap is not None and gap >= share, ece <= det_ece]
         if max_parameters is not None:
             checks.append(parameters <= max_parameters)
-        if name.endswith("split"):
-            checks.append(time_ratio <= _CHEAP_TIME_RATIO)
+        if max_time_ratio is not None:
+            checks.append(time_ratio <= max_time_ratio)
         lines.append(
             f"| {name} | {'-' if gap is None else f'{100 * gap:.0f}%'} (≥ {100 * share:.0f}%) | {ece:.4f} ({det_ece:.4f}) "
             f"| {parameters:.2f}{'' if max_parameters is None else f' (≤ {max_parameters:g})'} "
-            f"| {time_ratio:.2f}×{f' (≤ {_CHEAP_TIME_RATIO:g}×)' if name.endswith('split') else ''} "
+            f"| {time_ratio:.2f}×{'' if max_time_ratio is None else f' (≤ {max_time_ratio:g}×)'} "
             f"| {shift_ece:.4f} ({det_shift_ece:.4f}) | {'yes' if all(checks) else 'no'} |")
     return "\n".join(lines)
 
@@ -359,7 +359,7 @@ def main():
             f"{', '.join(f'{e:g}' for e in training['lr_decay_epochs'])}, batch {training['per_replica_batch_size']}, "
             f"L2 {task['l2']:g} on the kernels, KL annealed over {training['kl_annealing_epochs']:g} epochs, "
             f"K=4; mean ± std over the seeds each row lists.\n\n{quality_table(results, row_names)}\n\n"
-            f"Ablations (each row changes one knob of the method's default; Δ = row − default, per seed):\n\n"
+            f"Ablations (each row changes one knob of its base row; Δ = row − base, per seed):\n\n"
             f"{ablation_table(results, row_names)}\n\n"
             f"Targets (means over seeds; the shift ECE column is reported, the issue asks it of every method):\n\n"
             f"{targets_table(results)}"
