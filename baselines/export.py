@@ -11,6 +11,14 @@ examples (uint8 images, or float sequences with their lengths) and returns
 probabilities, predicted_class, confidence, predictive_entropy,
 mutual_information and member_probabilities; see `rank1_keras.export`.
 
+Its probabilities are temperature-scaled by the temperature the run fitted on
+its validation split (`results.json`'s `temperature`, the one behind the
+evaluation's "(T)" columns), when the export is of the checkpoints that run
+evaluated; otherwise (no validation split, a single checkpoint file, a run
+trained on after its evaluation) they are unscaled and the export says why.
+`--temperature` sets T by hand (1: unscaled). The export's marker file
+records the temperature it applied and where it came from.
+
 The export is written next to `--output_dir` and moved into place only once
 complete. Each export holds a marker file (`EXPORT_MARKER`); `--overwrite`
 replaces an existing `--output_dir` only when it is such an earlier export,
@@ -33,6 +41,10 @@ flags.DEFINE_integer("num_samples", None, "Passes averaged per member (default: 
 flags.DEFINE_integer("seed", 0, "Every request starts the random streams from this seed (stochastic methods).")
 flags.DEFINE_bool("raw_input", True, "Take raw examples (uint8 images, sequences + lengths); else model features.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --output_dir.")
+flags.DEFINE_float(
+    "temperature", None,
+    "Temperature for the served probabilities (1: unscaled; default: the one the run fitted on its validation split).",
+)
 flags.mark_flags_as_required(["checkpoint", "output_dir"])
 
 # Written into every export: what `--overwrite` may replace.
@@ -60,10 +72,16 @@ def _run_directory(checkpoint):
 
 def load_trained_models(checkpoint):
     """Rebuilds a run's models and restores their weights; returns (models, run settings)."""
+    models, settings, _ = _restore_run(checkpoint)
+    return models, settings
+
+
+def _restore_run(checkpoint):
+    """(models, run settings, the epoch of each model's restored checkpoint)."""
     import keras
 
     from rank1_keras.methods.settings import MethodSettings, build_method_models
-    from rank1_keras.training.checkpoint import CheckpointError, find_resume_checkpoint, restore_model_weights
+    from rank1_keras.training.checkpoint import CheckpointError, find_resume_checkpoint, read_header, restore_model_weights
     from rank1_keras.training.experiment import RUN_SETTINGS
     from rank1_keras.training.loop import checkpoint_directory
     from rank1_keras.training.tasks import TaskOptions, plain_builder
@@ -80,24 +98,58 @@ def load_trained_models(checkpoint):
             f"--checkpoint={checkpoint} is one file, but the run is a deep ensemble of {len(models)} models: "
             f"pass the run directory {run_dir}."
         )
+    epochs = []
     for index, model in enumerate(models):
-        path = checkpoint_file
+        path, header = checkpoint_file, None
         if path is None:
             found = find_resume_checkpoint(checkpoint_directory(run_dir, index if len(models) > 1 else None))
             for note in found.notes:
                 print(f"warning: {note}", file=sys.stderr, flush=True)
-            path = found.path
+            path, header = found.path, found.header
         if path is None:
             raise CheckpointError(f"{run_dir} has no readable checkpoint for model {index}: was it trained?")
         try:
             restore_model_weights(path, model)
+            header = header or read_header(path)
         except CheckpointError as error:
             raise CheckpointError(f"--checkpoint={checkpoint}: {error} It does not match {RUN_SETTINGS}.") from error
-    return models, settings
+        epochs.append(header.get("epoch"))
+    return models, settings, epochs
 
 
-def export_run(checkpoint, output_dir, num_samples=None, seed=0, raw_input=True, overwrite=False):
-    """Exports the run at `checkpoint` to `output_dir` (see the module docstring); returns the path."""
+def evaluated_temperature(run_dir, settings, epochs):
+    """(T, where it came from): the run's validation-fitted temperature, or (1.0, why there is none).
+
+    The temperature belongs to the weights the run evaluated, so it is taken
+    only when every restored checkpoint is that run's last epoch and
+    `results.json` was written for the settings the model was rebuilt from.
+    """
+    path = os.path.join(run_dir, "results.json")
+    if not os.path.exists(path):
+        return 1.0, f"unscaled: {path} does not exist (the run has not finished its evaluation)"
+    with open(path, encoding="utf-8") as stream:
+        results = json.load(stream)
+    if "temperature" not in results:
+        reason = results.get("temperature_skipped", "the run held out no validation split (--validation_percent=0)")
+        return 1.0, f"unscaled: the run fitted no temperature ({reason})"
+    recorded = results.get("settings", {})
+    if recorded.get("method") != settings["method"] or recorded.get("task") != settings["task"]:
+        return 1.0, f"unscaled: {path} was written for other settings than {run_dir}'s run_settings.json"
+    last_epoch = recorded.get("training", {}).get("train_epochs")
+    if any(epoch != last_epoch for epoch in epochs):
+        return 1.0, (
+            f"unscaled: the temperature in {path} was fitted after epoch {last_epoch}, but the exported "
+            f"checkpoints are of epochs {epochs} (pass the run directory, or --temperature)"
+        )
+    return float(results["temperature"]), f"fitted on the run's validation split ({path})"
+
+
+def export_run(checkpoint, output_dir, num_samples=None, seed=0, raw_input=True, overwrite=False, temperature=None):
+    """Exports the run at `checkpoint` to `output_dir` (see the module docstring); returns the path.
+
+    `temperature`: T for the served probabilities; None: the run's own (`evaluated_temperature`).
+    """
+    from rank1_keras import validation
     from rank1_keras.export import ServingInput, export_for_serving
     from rank1_keras.methods.settings import MethodSettings, inference_model
     from rank1_keras.training.checkpoint import umask_mode
@@ -109,7 +161,14 @@ def export_run(checkpoint, output_dir, num_samples=None, seed=0, raw_input=True,
             f"--output_dir={output_dir} exists and is not an earlier export (it has no {EXPORT_MARKER}); "
             "--overwrite replaces only an export. Choose another --output_dir."
         )
-    models, settings = load_trained_models(checkpoint)
+    if temperature is not None:
+        temperature = validation.check_positive_finite(temperature, "temperature")
+    models, settings, epochs = _restore_run(checkpoint)
+    if temperature is None:
+        temperature, source = evaluated_temperature(_run_directory(checkpoint)[0], settings, epochs)
+        print(f"temperature {temperature:.4f}: {source}", file=sys.stderr, flush=True)
+    else:
+        source = "--temperature"
     if num_samples is None:
         num_samples = MethodSettings(**settings["method"]).eval_samples
     serving_input = ServingInput.from_config(settings["serving_input"]) if raw_input else None
@@ -118,10 +177,13 @@ def export_run(checkpoint, output_dir, num_samples=None, seed=0, raw_input=True,
     staging = tempfile.mkdtemp(dir=parent, prefix=".export-")
     try:
         export_for_serving(
-            inference_model(models), staging, num_samples=num_samples, seed=seed, serving_input=serving_input
+            inference_model(models), staging, num_samples=num_samples, seed=seed, serving_input=serving_input,
+            temperature=temperature,
         )
+        marker = {"checkpoint": os.path.abspath(checkpoint), "num_samples": num_samples, "seed": seed,
+                  "temperature": temperature, "temperature_source": source}
         with open(os.path.join(staging, EXPORT_MARKER), "w", encoding="utf-8") as stream:
-            json.dump({"checkpoint": os.path.abspath(checkpoint), "num_samples": num_samples, "seed": seed}, stream)
+            json.dump(marker, stream)
         os.chmod(staging, umask_mode(0o777))  # mkdtemp's 0700, as mkdir would have made it
         if os.path.exists(output_dir):
             shutil.rmtree(output_dir)
@@ -135,7 +197,10 @@ def export_run(checkpoint, output_dir, num_samples=None, seed=0, raw_input=True,
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected positional arguments {argv[1:]}; every setting is a --flag.")
-    path = export_run(FLAGS.checkpoint, FLAGS.output_dir, FLAGS.num_samples, FLAGS.seed, FLAGS.raw_input, FLAGS.overwrite)
+    path = export_run(
+        FLAGS.checkpoint, FLAGS.output_dir, FLAGS.num_samples, FLAGS.seed, FLAGS.raw_input, FLAGS.overwrite,
+        FLAGS.temperature,
+    )
     print(f"exported: {path}", flush=True)
 
 

@@ -8,12 +8,18 @@ computed inside the graph (preprocessing, tiling, sampling, averaging):
 
 | output                | shape        | meaning                                              |
 |-----------------------|--------------|------------------------------------------------------|
-| probabilities         | (B, C)       | mean over the M = K x S member passes                |
+| probabilities         | (B, C)       | mean pbar over the M = K x S member passes, then     |
+|                       |              | temperature-scaled: pbar^(1/T), renormalised         |
 | predicted_class       | (B,)  int64  | argmax of `probabilities`                            |
 | confidence            | (B,)         | max of `probabilities`                               |
-| predictive_entropy    | (B,)         | H[pbar] in nats                                      |
-| mutual_information    | (B,)         | H[pbar] - mean_m H[p_m] (epistemic part)             |
+| predictive_entropy    | (B,)         | H of `probabilities` in nats                         |
+| mutual_information    | (B,)         | H[pbar] - mean_m H[p_m] (epistemic part, unscaled)   |
 | member_probabilities  | (B, M, C)    | every member's (and sample's) probabilities          |
+
+`temperature` (T, default 1: none) is the validation-fitted temperature of
+`rank1_keras.metrics.fit_temperature_from_probabilities`, applied as the
+evaluation's "(T)" columns apply it: to the averaged probabilities. The
+members' own outputs and their disagreement stay unscaled.
 
 Inputs, by `ServingInput.kind`:
 
@@ -264,22 +270,29 @@ def _entropy(probabilities):
     return -tf.reduce_sum(tf.math.multiply_no_nan(tf.math.log(probabilities), probabilities), axis=-1)
 
 
-def uncertainty_outputs(member_probabilities):
+# The smallest positive normal float32: log(0) stays finite under the temperature, as in
+# `metrics.apply_temperature_to_probabilities` (which floors at float64's).
+_LOG_FLOOR = float(np.finfo(np.float32).tiny)
+
+
+def uncertainty_outputs(member_probabilities, temperature=1.0):
     """The signature's outputs from (M, B, C) member probabilities (or (M, B, d..., C): per position)."""
     members = member_probabilities / tf.reduce_sum(member_probabilities, axis=-1, keepdims=True)
-    probabilities = tf.reduce_mean(members, axis=0)
-    entropy = _entropy(probabilities)
+    mean = tf.reduce_mean(members, axis=0)
+    probabilities = mean
+    if temperature != 1.0:
+        probabilities = tf.nn.softmax(tf.math.log(tf.maximum(mean, _LOG_FLOOR)) / temperature, axis=-1)
     return {
         "probabilities": probabilities,
         "predicted_class": tf.argmax(probabilities, axis=-1),
         "confidence": tf.reduce_max(probabilities, axis=-1),
-        "predictive_entropy": entropy,
-        "mutual_information": entropy - tf.reduce_mean(_entropy(members), axis=0),
+        "predictive_entropy": _entropy(probabilities),
+        "mutual_information": _entropy(mean) - tf.reduce_mean(_entropy(members), axis=0),
         "member_probabilities": swap_member_axes(members),
     }
 
 
-def export_for_serving(model, path, num_samples=1, seed=0, serving_input=None):
+def export_for_serving(model, path, num_samples=1, seed=0, serving_input=None, temperature=1.0):
     """Writes a SavedModel of `model` with the uncertainty signature above.
 
     Args:
@@ -297,11 +310,15 @@ def export_for_serving(model, path, num_samples=1, seed=0, serving_input=None):
             (each fresh load starts from the state saved with the model).
         serving_input: a `ServingInput` (None: float features of the model's
             input shape).
+        temperature: positive T the averaged probabilities are scaled by
+            (1: unscaled); fit it on held-out data with
+            `metrics.fit_temperature_from_probabilities`.
 
     Returns:
         `path`.
     """
     validation.check_positive_int(num_samples, "num_samples")
+    temperature = validation.check_positive_finite(temperature, "temperature")
     if seed is not None:
         seed = validation.check_non_negative_int(seed, "seed")
     serving_input = serving_input or ServingInput()
@@ -330,7 +347,7 @@ def export_for_serving(model, path, num_samples=1, seed=0, serving_input=None):
             # Members come on axis 1, (B, K, C); a plain model gives (B, C), one member.
             members = swap_member_axes(outputs) if has_members else outputs[None]
             passes.append(class_probabilities(members, output_type))
-        return uncertainty_outputs(tf.concat(passes, axis=0))
+        return uncertainty_outputs(tf.concat(passes, axis=0), temperature)
 
     archive = keras.export.ExportArchive()
     archive.track(rows_model)

@@ -1,5 +1,7 @@
 """`export_for_serving`: a SavedModel whose serving signature returns probabilities and uncertainty."""
 
+import glob
+import json
 import os
 import subprocess
 import sys
@@ -101,6 +103,25 @@ def test_bad_arguments():
     two_outputs = keras.Model(inputs, [keras.layers.Dense(2)(inputs), keras.layers.Dense(2)(inputs)])
     with pytest.raises(ValueError, match="one input and one output"):
         export_for_serving(two_outputs, "/tmp/unused")
+    for temperature in (0.0, -1.0, float("nan"), "2"):
+        with pytest.raises(ValueError, match="temperature"):
+            export_for_serving(_model("deterministic"), "/tmp/unused", temperature=temperature)
+
+
+def test_temperature_scales_the_averaged_probabilities_as_the_evaluation_does(tmp_path):
+    model = _model("batchensemble")
+    plain = _serve(export_for_serving(model, str(tmp_path / "plain"), seed=None), X)
+    scaled = _serve(export_for_serving(model, str(tmp_path / "scaled"), seed=None, temperature=2.5), X)
+    # The float64 reference the "(T)" columns use, applied to the unscaled export's mean.
+    expected = metrics.apply_temperature_to_probabilities(plain["probabilities"].astype("float64"), 2.5)
+    np.testing.assert_allclose(scaled["probabilities"], expected, atol=1e-6)
+    assert np.abs(scaled["probabilities"] - plain["probabilities"]).max() > 1e-3  # T = 2.5 softens
+    np.testing.assert_allclose(scaled["predictive_entropy"], metrics.predictive_entropy(expected), atol=1e-5)
+    np.testing.assert_allclose(scaled["confidence"], expected.max(-1), atol=1e-6)
+    np.testing.assert_array_equal(scaled["predicted_class"], plain["predicted_class"])
+    # The members and their disagreement are the members' own.
+    np.testing.assert_allclose(scaled["member_probabilities"], plain["member_probabilities"], atol=1e-7)
+    np.testing.assert_allclose(scaled["mutual_information"], plain["mutual_information"], atol=1e-7)
 
 
 # -- every method, seeded: the export equals the Keras model replayed from the same seed --
@@ -356,6 +377,10 @@ def test_export_binary_serves_the_trained_run(tmp_path, method):
     run = str(tmp_path / "run")
     result = run_experiment("digits", MethodSettings(method, ensemble_size=2), training, options, run)
     exported = export_run(run, str(tmp_path / "export"))
+    # No validation split, so no temperature: the export serves the evaluated probabilities unscaled.
+    with open(os.path.join(exported, "rank1_keras_export.json")) as stream:
+        marker = json.load(stream)
+    assert marker["temperature"] == 1.0 and "no validation split" in marker["temperature_source"]
     # Raw digits are the integers 0..16 the task divides by 16.
     task = load_task("digits", options)
     images, labels = (np.stack(column) for column in zip(*task.evaluation.test.dataset.as_numpy_iterator()))
@@ -388,6 +413,48 @@ def test_export_binary_serves_the_trained_run(tmp_path, method):
     assert os.stat(exported).st_mode & 0o777 == 0o777 & ~mask
     assert os.stat(os.path.join(run, "results.json")).st_mode & 0o777 == 0o666 & ~mask
     np.testing.assert_allclose(_serve(exported, raw)["probabilities"], served["probabilities"], atol=1e-6)
+
+
+def test_export_binary_serves_the_temperature_the_run_fitted_only_for_the_weights_it_evaluated(tmp_path):
+    from baselines.export import export_run
+    from rank1_keras.data.digits import DIGITS_MAX_VALUE
+    from rank1_keras.training.experiment import run_experiment
+    from rank1_keras.training.loop import TrainingSettings
+    from rank1_keras.training.tasks import TaskOptions, load_task
+
+    options = TaskOptions(ood=False, corruptions=(), test_examples=200, validation_percent=20.0)
+    training = TrainingSettings(train_epochs=2, steps_per_epoch=3, per_replica_batch_size=32, optimizer="adam",
+                                base_learning_rate=1e-2, verbose=0, keep_checkpoints=2)
+    run = str(tmp_path / "run")
+    result = run_experiment("digits", MethodSettings("batchensemble", ensemble_size=2), training, options, run)
+    # A short run is miscalibrated: its temperature changes the NLL well beyond the tolerance below.
+    assert abs(result["nll"] - result["nll_temperature_scaled"]) > 1e-3
+    task = load_task("digits", options)
+    images, labels = (np.stack(column) for column in zip(*task.evaluation.test.dataset.as_numpy_iterator()))
+    served = _serve(export_run(run, str(tmp_path / "calibrated")), np.rint(images * DIGITS_MAX_VALUE).astype("uint8"))
+    # The served answer is the evaluation's temperature-scaled one.
+    np.testing.assert_allclose(
+        metrics.negative_log_likelihood(served["probabilities"].astype("float64"), labels),
+        result["nll_temperature_scaled"], atol=1e-5,
+    )
+    with open(os.path.join(tmp_path / "calibrated", "rank1_keras_export.json")) as stream:
+        marker = json.load(stream)
+    assert marker["temperature"] == pytest.approx(result["temperature"], abs=1e-12)
+    assert "validation split" in marker["temperature_source"]
+    # Epoch 1's checkpoint is not what was evaluated: its export is unscaled, and says why.
+    first = sorted(glob.glob(os.path.join(run, "checkpoints", "ckpt-*.npz")))[0]
+    assert first.endswith("ckpt-00001.npz")
+    export_run(first, str(tmp_path / "epoch1"))
+    with open(os.path.join(tmp_path / "epoch1", "rank1_keras_export.json")) as stream:
+        marker = json.load(stream)
+    assert marker["temperature"] == 1.0 and "checkpoints are of epochs [1]" in marker["temperature_source"]
+    # By hand, and checked.
+    export_run(run, str(tmp_path / "by_hand"), temperature=1.0)
+    with open(os.path.join(tmp_path / "by_hand", "rank1_keras_export.json")) as stream:
+        assert json.load(stream) == {**marker, "checkpoint": os.path.abspath(run), "temperature_source": "--temperature"}
+    with pytest.raises(ValueError, match="temperature"):
+        export_run(run, str(tmp_path / "bad"), temperature=0.0)
+    assert not os.path.exists(tmp_path / "bad")
 
 
 @pytest.mark.slow  # a subprocess; the library path of the same errors runs in the default suite
