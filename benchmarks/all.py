@@ -27,6 +27,7 @@ SECTIONS = (
     ("layers", "benchmarks.layers", "Layer cost"),
     ("models", "benchmarks.models", "Model cost"),
     ("quality", "benchmarks.quality", "Quality"),
+    ("ensemble_gap", "benchmarks.ensemble_gap", "Ensemble gap"),
 )
 FULL_MODE_NOTE = (
     "Full mode (`python -m benchmarks.all`): 100 timed rounds per layer case (10 warm-up); parameter "
