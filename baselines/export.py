@@ -72,12 +72,12 @@ def _run_directory(checkpoint):
 
 def load_trained_models(checkpoint):
     """Rebuilds a run's models and restores their weights; returns (models, run settings)."""
-    models, settings, _ = _restore_run(checkpoint)
+    models, settings, _, _ = _restore_run(checkpoint)
     return models, settings
 
 
 def _restore_run(checkpoint):
-    """(models, run settings, the epoch of each model's restored checkpoint)."""
+    """(models, run settings, the epoch of each model's restored checkpoint, the run directory)."""
     import keras
 
     from rank1_keras.methods.settings import MethodSettings, build_method_models
@@ -114,7 +114,7 @@ def _restore_run(checkpoint):
         except CheckpointError as error:
             raise CheckpointError(f"--checkpoint={checkpoint}: {error} It does not match {RUN_SETTINGS}.") from error
         epochs.append(header.get("epoch"))
-    return models, settings, epochs
+    return models, settings, epochs, run_dir
 
 
 def evaluated_temperature(run_dir, settings, epochs):
@@ -163,9 +163,9 @@ def export_run(checkpoint, output_dir, num_samples=None, seed=0, raw_input=True,
         )
     if temperature is not None:
         temperature = validation.check_positive_finite(temperature, "temperature")
-    models, settings, epochs = _restore_run(checkpoint)
+    models, settings, epochs, run_dir = _restore_run(checkpoint)
     if temperature is None:
-        temperature, source = evaluated_temperature(_run_directory(checkpoint)[0], settings, epochs)
+        temperature, source = evaluated_temperature(run_dir, settings, epochs)
         print(f"temperature {temperature:.4f}: {source}", file=sys.stderr, flush=True)
     else:
         source = "--temperature"
