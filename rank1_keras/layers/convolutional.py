@@ -252,7 +252,7 @@ class Conv2DRank1(_ConvRank1):
 
 @keras.saving.register_keras_serializable(package="rank1_keras")
 class Conv1DBatchEnsemble(Conv1DRank1):
-    """BatchEnsemble 1-D convolution: `Conv1DRank1` with point factors (random signs by default, no KL)."""
+    """BatchEnsemble 1-D convolution: `Conv1DRank1` with point factors (N(1, 0.5^2) by default, no KL)."""
 
     def __init__(self, filters, kernel_size, **kwargs):
         super().__init__(filters, kernel_size, **batch_ensemble_defaults(kwargs))
@@ -263,7 +263,8 @@ class Conv2DBatchEnsemble(Conv2DRank1):
     """BatchEnsemble 2-D convolution (Wen et al., 2020): `Conv2DRank1` with point factors.
 
     conv(x o r_k, W) o s_k + b_k with r_k, s_k plain trainable vectors
-    (random signs +/-1 by default, so members differ from the start; "ones" on request), no KL.
+    (N(1, 0.5^2) by default, so members differ from the start; "random_sign"
+    or "ones" on request), no KL.
 
     Example:
 

@@ -147,7 +147,8 @@ class DenseBatchEnsemble(DenseRank1):
     """BatchEnsemble dense layer (Wen et al., 2020): the point-factor case of `DenseRank1`.
 
     y = activation(((x o r_k) W) o s_k + b_k) with r_k, s_k plain trainable
-    vectors (random signs +/-1 by default, so members differ from the start; `"ones"` on request), no KL.
+    vectors (N(1, 0.5^2) by default, so members differ from the start;
+    `"random_sign"` or `"ones"` on request), no KL.
 
     Example:
 

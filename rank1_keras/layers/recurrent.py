@@ -236,7 +236,7 @@ class LSTMCellRank1(Rank1Mixin, keras.layers.LSTMCell):
 
 @keras.saving.register_keras_serializable(package="rank1_keras")
 class LSTMCellBatchEnsemble(LSTMCellRank1):
-    """BatchEnsemble LSTM cell: `LSTMCellRank1` with point factors (random signs by default, no KL).
+    """BatchEnsemble LSTM cell: `LSTMCellRank1` with point factors (N(1, 0.5^2) by default, no KL).
 
     Example:
 

@@ -265,7 +265,9 @@ def convert(
     Returns:
         A functional `keras.Model` with the same inputs as `model`. Shared
         kernels and biases are copied from `model`; BatchEnsemble factors
-        start at random signs (members differ from the first step; with
+        start at N(1, 0.5^2), as rank-1 posterior means do (members differ
+        from the first step; `alpha_initializer="random_sign"` gives the
+        uncertainty-baselines CIFAR start; with
         `alpha_initializer="ones", gamma_initializer="ones"` the converted
         model reproduces the original, and its members stay identical).
 
