@@ -31,10 +31,9 @@ def build(method, depth, width, ensemble_size, classes, image_size):
 
 def training_options(model, settings):
     """The method's extra training-loop arguments (Bella's member streams / SVGD), if any."""
-    from rank1_keras.models import methods
+    from rank1_keras.methods.settings import training_options as method_training_options
 
-    options = getattr(methods, "training_options", None)
-    return options(model, settings) if options else {}
+    return method_training_options(model, settings)
 
 
 def make_functions(settings, models, batch, classes, image_size):

@@ -205,6 +205,8 @@ def measure_throughput(methods, depth, width, batch, repetitions, warmup):
                 infos[worker.name] = {"skipped": common.last_line(error)[:200]}
         common.log(f"models: workers ready; timing WRN-{depth}-{width} ({warmup} warm-up + {repetitions} rounds)")
         plan = [(w, ["train", "predict"]) for w in workers if "skipped" not in infos[w.name]]
+        if not plan:
+            raise RuntimeError(f"every throughput worker failed to start: {infos}")
         times = common.interleave(plan, repetitions, warmup, log=common.log)
     finally:
         for worker in workers:

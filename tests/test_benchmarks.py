@@ -199,3 +199,14 @@ def test_ensemble_gap_section_of_benchmarks_all_reports_the_stored_means():
         row = next(line for line in section["markdown"].split(f"### {regime}")[1].splitlines()
                    if line.startswith("| batchensemble |"))
         assert f"{np.mean(nll):.4f} ± {np.std(nll):.4f}" in row
+
+
+def test_model_benchmark_workers_time_every_method_they_start():
+    # The throughput table's workers run in their own processes: an error there (an import
+    # moved in a refactor) becomes a "skipped" entry, so check that none is skipped.
+    from benchmarks.models import measure_throughput
+
+    times, infos = measure_throughput(["deterministic", "bella"], 10, 1, 2, repetitions=1, warmup=0)
+    assert all("skipped" not in info for info in infos.values()), infos
+    assert set(times) == {(method, key) for method in ("deterministic", "bella") for key in ("train", "predict")}
+    assert all(len(seconds) == 1 and seconds[0] > 0 for seconds in times.values())
