@@ -17,6 +17,7 @@ import importlib
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 import traceback
@@ -35,7 +36,8 @@ FULL_MODE_NOTE = (
     "memory of WRN-28-2 at B = 16 with 30 rounds (3 warm-up); quality on four data sets (digits, "
     "JapaneseVowels, ItalyPowerDemand, GunPoint); the ensemble gap on Fashion-MNIST read from "
     "docs/ensemble_gap.json, not retrained (`python -m benchmarks.ensemble_gap` trains it: its 84 "
-    "fmnist_10k and 36 fmnist_5k runs spend 1.9 and 0.7 hours training on 2 cores, evaluation aside). `--only layers,models` takes 16 minutes. Quick mode (`--quick`, 11.2 minutes): 15 rounds "
+    "fmnist_10k and 36 fmnist_5k runs spend 1.9 and 0.7 hours training on 2 cores, evaluation aside). On 2 idle cores (2026-12-07) the full mode took 16.0 minutes, "
+    "`--only layers,models` 7.3 of them. Quick mode (`--quick`, 11.2 minutes on 2026-11-25): 15 rounds "
     "per layer case, the big networks counted for deterministic / ensemble / BatchEnsemble / rank-1 only, "
     "WRN-16-2 at B = 8 with 5 rounds, quality on digits and JapaneseVowels at half the epochs. "
     "On a GPU the layer batches are 16× larger and the timed network is WRN-28-10 at B = 32. "
@@ -68,7 +70,12 @@ def _normalise(result, title):
 
 
 def _link_missing_figures(section, output_dir):
-    """Appends image links for figures the section's markdown does not show."""
+    """Appends image links for figures the section's markdown does not show.
+
+    A figure outside `output_dir` (a section that reads another command's
+    output) is copied into its figures/ folder, so the page's links stay
+    relative and the folder can be moved (e.g. copied into docs/).
+    """
     lines = [section["markdown"].rstrip()]
     for figure in section["figures"]:
         path = Path(figure)
@@ -77,7 +84,10 @@ def _link_missing_figures(section, output_dir):
         try:
             relative = path.resolve().relative_to(Path(output_dir).resolve()).as_posix()
         except ValueError:
-            relative = path.as_posix()
+            copy = Path(output_dir) / "figures" / path.name
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, copy)
+            relative = f"figures/{path.name}"
         lines += ["", f"![{path.stem}]({relative})"]
     return "\n".join(lines) + "\n"
 

@@ -97,6 +97,17 @@ def test_all_accepts_other_section_shapes(tmp_path):
     assert "![q](figures/q.png)" in markdown
 
 
+def test_a_figure_from_outside_the_output_folder_is_copied_in_and_linked_relatively(tmp_path):
+    source = tmp_path / "docs" / "figures" / "gap.png"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(b"png bytes")
+    output = tmp_path / "scratch"
+    section = {"title": "Gap", "markdown": "table", "figures": [str(source)]}
+    markdown = bench_all._link_missing_figures(section, output)
+    assert "![gap](figures/gap.png)" in markdown and str(tmp_path) not in markdown
+    assert (output / "figures" / "gap.png").read_bytes() == b"png bytes"
+
+
 def test_ensemble_gap_tables_report_each_rows_share_and_each_knob_against_its_base():
     from benchmarks import ensemble_gap
 
