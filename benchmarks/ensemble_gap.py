@@ -265,6 +265,11 @@ TARGETS = (
     ("rank1", 0.5, None, None),
     ("batchensemble split", 0.5, None, 1.5),
     ("rank1 split", 0.5, None, 1.5),
+    # The split rows' other factor starts: the ones validation prefers on one budget or the other.
+    ("batchensemble split init 0.25", 0.5, None, 1.5),
+    ("rank1 split init 0.25", 0.5, None, 1.5),
+    ("batchensemble split init 0.35", 0.5, None, 1.5),
+    ("rank1 split init 0.35", 0.5, None, 1.5),
     ("lpbnn", 0.5, None, None),
     ("packed width 2.8", 0.7, 0.5, None),
 )
