@@ -36,15 +36,15 @@ def _inverse_softplus(x):
     return math.log(math.expm1(x))
 
 
-def factor_mean_normal(seed=None):
-    """The default start of every rank-1 / BatchEnsemble factor (or its mean): N(1, 0.5^2).
+def factor_mean_normal(stddev=0.5, seed=None):
+    """The default start of every rank-1 / BatchEnsemble factor (or its mean): N(1, stddev^2), stddev 0.5.
 
     Centred on one, so each member starts near the shared weights, yet
     spread, so members differ from the first step. The gap benchmark
     (docs/ensemble_gap.md) measures random signs worse: +0.017 (BatchEnsemble)
     and +0.111 (rank-1) validation NLL on Fashion-MNIST, 3 seeds.
     """
-    return keras.initializers.RandomNormal(mean=1.0, stddev=0.5, seed=seed)
+    return keras.initializers.RandomNormal(mean=1.0, stddev=stddev, seed=seed)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -156,7 +156,7 @@ class _TrainableLocationScale(TrainableInitializer):
         super().__init__()
         self.seed = seed
         self.loc_initializer = (
-            factor_mean_normal(seed)
+            factor_mean_normal(seed=seed)
             if loc_initializer is None
             else get(loc_initializer, "loc_initializer")
         )

@@ -7,8 +7,6 @@ r, s); `build_converted` converts a fresh plain model with them.
 
 import dataclasses
 
-import keras
-
 from rank1_keras import initializers, regularizers
 from rank1_keras.methods.converter import convert
 
@@ -18,7 +16,7 @@ TRAINABLE_FAMILIES = ("trainable_normal", "trainable_cauchy")
 def _mean_initializer(random_sign_init):
     if random_sign_init > 0:
         return initializers.RandomSign(random_sign_init)
-    return keras.initializers.RandomNormal(1.0, -random_sign_init or 0.5)
+    return initializers.factor_mean_normal(stddev=-random_sign_init or 0.5)
 
 
 def _factor_initializer(family, settings):
