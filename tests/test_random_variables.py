@@ -467,3 +467,13 @@ def test_get_known_class_with_bad_config_reports_the_bad_argument():
     config["config"]["positive_probability"] = 2.0
     with pytest.raises(ValueError, match="positive_probability"):
         initializers.get(config, "alpha_initializer")
+
+
+def test_factor_mean_normal_draws_its_stddev_and_names_a_bad_one():
+    values = keras.ops.convert_to_numpy(initializers.factor_mean_normal(stddev=0.25, seed=7)((4, 4096))).astype(np.float64)
+    n = values.size
+    assert abs(values.mean() - 1.0) < 5 * 0.25 / math.sqrt(n)
+    assert abs(values.std() - 0.25) < 5 * 0.25 / math.sqrt(2 * n)
+    for bad in (0.0, -0.5, float("nan")):
+        with pytest.raises(ValueError, match="stddev"):
+            initializers.factor_mean_normal(stddev=bad)
