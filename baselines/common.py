@@ -274,8 +274,9 @@ def _parse_flags_or_exit(argv):
 def _expected_errors():
     from rank1_keras.data.fashion_mnist import DataNotFoundError
     from rank1_keras.training.checkpoint import CheckpointError
+    from rank1_keras.training.directory_lock import DirectoryLockError
 
-    return (DataNotFoundError, CheckpointError, ValueError, FloatingPointError, app.UsageError)
+    return (DataNotFoundError, CheckpointError, DirectoryLockError, ValueError, FloatingPointError, app.UsageError)
 
 
 def describe_os_error(error):

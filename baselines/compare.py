@@ -10,6 +10,7 @@ Bella fine-tunes low-rank perturbations of the comparison's own deterministic
 network (`<output_dir>/deterministic`) unless `--pretrained_checkpoint` says otherwise.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -27,15 +28,25 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected positional arguments {argv[1:]}; every setting is a --flag.")
-    from rank1_keras.training import evaluation
-    from rank1_keras.training.checkpoint import write_atomically
-    from rank1_keras.training.experiment import run_experiment
-    from rank1_keras.training.tasks import load_task
+    from rank1_keras.training.directory_lock import DirectoryLock
+    from rank1_keras.training.strategy import is_chief
 
     for method in FLAGS.methods:
         if method not in common.METHOD_CHOICES:
             raise ValueError(f"--methods entries must be in {list(common.METHOD_CHOICES)}; got {method!r}.")
     strategy = common.make_strategy_from_flags()
+    # One comparison per output directory (each method's run also locks its own folder);
+    # the chief alone writes, so it alone holds the lock.
+    with DirectoryLock(FLAGS.output_dir, "comparison") if is_chief(strategy) else contextlib.nullcontext():
+        compare(strategy)
+
+
+def compare(strategy):
+    from rank1_keras.training import evaluation
+    from rank1_keras.training.checkpoint import write_atomically
+    from rank1_keras.training.experiment import run_experiment
+    from rank1_keras.training.tasks import load_task
+
     method_settings, training, task = common.settings_from_flags(strategy.num_replicas_in_sync)
     global_batch = FLAGS.per_core_batch_size * strategy.num_replicas_in_sync
     results, tasks = [], {}  # one load (data, OOD and shifted sets) per distinct task options

@@ -19,14 +19,22 @@ trained on after its evaluation) they are unscaled and the export says why.
 `--temperature` sets T by hand (1: unscaled). The export's marker file
 records the temperature it applied and where it came from.
 
-The export is written next to `--output_dir` and moved into place only once
-complete. Each export holds a marker file (`EXPORT_MARKER`); `--overwrite`
-replaces an existing `--output_dir` only when it is such an earlier export,
-never a training run or any other directory or file.
+The export holds the run directory's lock while it reads the run
+(`rank1_keras.training.directory_lock`): an export of a run that is training,
+or a training run started on a directory being exported, gets one error
+naming the other process. The export is written into a hidden
+`.rank1_keras-export-*` folder next to `--output_dir` and moved into place
+only once complete; exports into one folder take turns (the second waits,
+saying for whom), and each removes the hidden folders that killed exports
+left there. Each export holds a marker file (`EXPORT_MARKER`) listing every
+file it wrote; `--overwrite` replaces an existing `--output_dir` only when it
+is such an earlier export and holds nothing else, never a training run, a
+user's file or any other directory, and names what it found otherwise.
 """
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -49,6 +57,15 @@ flags.mark_flags_as_required(["checkpoint", "output_dir"])
 
 # Written into every export: what `--overwrite` may replace.
 EXPORT_MARKER = "rank1_keras_export.json"
+# Exports into one folder take turns on this lock file there.
+EXPORT_LOCK = ".rank1_keras_export.lock"
+# Where an export is written before it is moved into place; what a killed export leaves.
+STAGING_PREFIX = ".rank1_keras-export-"
+# Staging folders of exports written before STAGING_PREFIX (tempfile.mkdtemp's 8 characters).
+_OLD_STAGING = re.compile(r"^\.export-[a-z0-9_]{8}$")
+# A SavedModel's own entries: what an export whose marker predates its file list may hold.
+_SAVED_MODEL_ENTRY = re.compile(r"^(saved_model\.pb|fingerprint\.pb|assets(/.*)?|variables|"
+                                r"variables/variables\.(index|data-\d+-of-\d+))$")
 
 
 def _run_directory(checkpoint):
@@ -70,9 +87,20 @@ def _run_directory(checkpoint):
     return checkpoint, None
 
 
+def read_lock(run_dir, argument="--checkpoint"):
+    """The run directory's lock, as a reader takes it (a read-only copy of a run needs none)."""
+    from rank1_keras.training.directory_lock import DirectoryLock
+
+    return DirectoryLock(run_dir, "export", argument=argument, create=False, read_only_ok=True)
+
+
 def load_trained_models(checkpoint):
-    """Rebuilds a run's models and restores their weights; returns (models, run settings)."""
-    models, settings, _, _ = _restore_run(checkpoint)
+    """Rebuilds a run's models and restores their weights; returns (models, run settings).
+
+    Holds the run directory's lock while it reads (a run in training is refused, naming it).
+    """
+    with read_lock(_run_directory(checkpoint)[0]):
+        models, settings, _, _ = _restore_run(checkpoint)
     return models, settings
 
 
@@ -144,6 +172,66 @@ def evaluated_temperature(run_dir, settings, epochs):
     return float(results["temperature"]), f"fitted on the run's validation split ({path})"
 
 
+def _entries(directory):
+    """Relative paths of every folder and file under `directory`, sorted."""
+    entries = []
+    for root, folders, files in os.walk(directory):
+        entries += [os.path.relpath(os.path.join(root, name), directory) for name in folders + files]
+    return sorted(entries)
+
+
+def check_replaceable(output_dir):
+    """Refuses to replace `output_dir` unless it is an earlier export holding only what that export wrote.
+
+    Raises a ValueError naming what else is there (a training run copied in, a
+    user's file): `--overwrite` deletes only an export's own files.
+    """
+    marker_path = os.path.join(output_dir, EXPORT_MARKER)
+    not_export = (f"--output_dir={output_dir} exists and is not an earlier export (it has no readable "
+                  f"{EXPORT_MARKER}); --overwrite replaces only an export. Choose another --output_dir.")
+    if not os.path.isdir(output_dir) or not os.path.isfile(marker_path):
+        raise ValueError(not_export)
+    try:
+        with open(marker_path, encoding="utf-8") as stream:
+            written = json.load(stream).get("files")
+    except (OSError, ValueError, AttributeError) as error:
+        raise ValueError(not_export) from error
+    if written is not None:
+        foreign = [entry for entry in _entries(output_dir) if entry != EXPORT_MARKER and entry not in set(written)]
+    else:  # a marker from before the file list: a SavedModel's own entries only
+        foreign = [entry for entry in _entries(output_dir)
+                   if entry != EXPORT_MARKER and not _SAVED_MODEL_ENTRY.match(entry)]
+    # Name the outermost foreign entries (a copied run, not each of its files).
+    outermost = [entry for entry in foreign if os.path.dirname(entry) not in foreign]
+    if outermost:
+        shown = ", ".join(os.path.join(output_dir, entry) for entry in outermost[:5])
+        more = f" and {len(outermost) - 5} more" if len(outermost) > 5 else ""
+        raise ValueError(
+            f"--output_dir={output_dir} is an earlier export, but it also holds what no export wrote: {shown}{more}; "
+            "--overwrite deletes only an export's own files. Move them out, or choose another --output_dir."
+        )
+
+
+def remove_staging_leftovers(parent):
+    """Removes the staging folders killed exports left in `parent` (the caller holds its export lock)."""
+    removed = []
+    for name in sorted(os.listdir(parent)):
+        path = os.path.join(parent, name)
+        if (name.startswith(STAGING_PREFIX) or _OLD_STAGING.match(name)) and os.path.isdir(path) \
+                and not os.path.islink(path):
+            shutil.rmtree(path)
+            print(f"warning: removed {path}, the leftover of an interrupted export", file=sys.stderr, flush=True)
+            removed.append(path)
+    return removed
+
+
+def _check_output_dir(output_dir, overwrite):
+    if os.path.lexists(output_dir) and not overwrite:
+        raise ValueError(f"--output_dir={output_dir} exists; choose another or pass --overwrite.")
+    if os.path.lexists(output_dir):
+        check_replaceable(output_dir)
+
+
 def export_run(checkpoint, output_dir, num_samples=None, seed=0, raw_input=True, overwrite=False, temperature=None):
     """Exports the run at `checkpoint` to `output_dir` (see the module docstring); returns the path.
 
@@ -153,44 +241,51 @@ def export_run(checkpoint, output_dir, num_samples=None, seed=0, raw_input=True,
     from rank1_keras.export import ServingInput, export_for_serving
     from rank1_keras.methods.settings import MethodSettings, inference_model
     from rank1_keras.training.checkpoint import umask_mode
+    from rank1_keras.training.directory_lock import DirectoryLock
 
-    if os.path.exists(output_dir) and not overwrite:
-        raise ValueError(f"--output_dir={output_dir} exists; choose another or pass --overwrite.")
-    if os.path.exists(output_dir) and not os.path.isfile(os.path.join(output_dir, EXPORT_MARKER)):
-        raise ValueError(
-            f"--output_dir={output_dir} exists and is not an earlier export (it has no {EXPORT_MARKER}); "
-            "--overwrite replaces only an export. Choose another --output_dir."
-        )
+    _check_output_dir(output_dir, overwrite)  # early; checked again under the folder's lock
     if temperature is not None:
         temperature = validation.check_positive_finite(temperature, "temperature")
-    models, settings, epochs, run_dir = _restore_run(checkpoint)
-    if temperature is None:
-        temperature, source = evaluated_temperature(run_dir, settings, epochs)
-        print(f"temperature {temperature:.4f}: {source}", file=sys.stderr, flush=True)
-    else:
-        source = "--temperature"
+    run_dir = _run_directory(checkpoint)[0]
+    with read_lock(run_dir):
+        models, settings, epochs, run_dir = _restore_run(checkpoint)
+        if temperature is None:
+            temperature, source = evaluated_temperature(run_dir, settings, epochs)
+            print(f"temperature {temperature:.4f}: {source}", file=sys.stderr, flush=True)
+        else:
+            source = "--temperature"
     if num_samples is None:
         num_samples = MethodSettings(**settings["method"]).eval_samples
     serving_input = ServingInput.from_config(settings["serving_input"]) if raw_input else None
     parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=".export-")
-    try:
-        export_for_serving(
-            inference_model(models), staging, num_samples=num_samples, seed=seed, serving_input=serving_input,
-            temperature=temperature,
-        )
-        marker = {"checkpoint": os.path.abspath(checkpoint), "num_samples": num_samples, "seed": seed,
-                  "temperature": temperature, "temperature_source": source}
-        with open(os.path.join(staging, EXPORT_MARKER), "w", encoding="utf-8") as stream:
-            json.dump(marker, stream)
-        os.chmod(staging, umask_mode(0o777))  # mkdtemp's 0700, as mkdir would have made it
-        if os.path.exists(output_dir):
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with DirectoryLock(parent, "export", argument="the folder of --output_dir", wait=True, name=EXPORT_LOCK):
+        remove_staging_leftovers(parent)
+        _check_output_dir(output_dir, overwrite)
+        staging = tempfile.mkdtemp(dir=parent, prefix=STAGING_PREFIX)
+        try:
+            export_for_serving(
+                inference_model(models), staging, num_samples=num_samples, seed=seed, serving_input=serving_input,
+                temperature=temperature,
+            )
+            marker = {"checkpoint": os.path.abspath(checkpoint), "num_samples": num_samples, "seed": seed,
+                      "temperature": temperature, "temperature_source": source, "files": _entries(staging)}
+            with open(os.path.join(staging, EXPORT_MARKER), "w", encoding="utf-8") as stream:
+                json.dump(marker, stream)
+            os.chmod(staging, umask_mode(0o777))  # mkdtemp's 0700, as mkdir would have made it
+            if os.path.lexists(output_dir):
+                # Moved aside, then deleted once the new export is in place (a kill in between
+                # leaves it as a staging folder, removed by the next export here).
+                replaced = staging + "-replaced"
+                os.rename(output_dir, replaced)
+                os.rename(staging, output_dir)
+                shutil.rmtree(replaced)
+            else:
+                os.rename(staging, output_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            if os.path.lexists(staging + "-replaced") and not os.path.lexists(output_dir):
+                os.rename(staging + "-replaced", output_dir)  # the earlier export stays as it was
+            raise
     return output_dir
 
 

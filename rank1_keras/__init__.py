@@ -5,7 +5,7 @@
 """
 
 from rank1_keras import callbacks, ensemble, initializers, layers, losses, regularizers
-from rank1_keras.callbacks import KLAnnealing
+from rank1_keras.callbacks import KLAnnealing, TerminateOnNonFinite
 from rank1_keras.convert import conversion_summary, convert, join_ensemble, member_outputs, set_mc_dropout
 from rank1_keras.ensemble import AverageMembers, TileEnsemble
 from rank1_keras.losses import AverageNLL, MixtureNLL
@@ -24,6 +24,7 @@ __all__ = [
     "KLAnnealing",
     "MixtureNLL",
     "RandomVariable",
+    "TerminateOnNonFinite",
     "TileEnsemble",
     "callbacks",
     "ensemble",

@@ -13,7 +13,7 @@ the particles' probabilities.
 
     bella = to_bella(pretrained, num_particles=3, rank=4)
     bella.compile("adam", rank1_keras.AverageNLL(3))
-    bella.fit(x, y)
+    bella.fit(x, y, callbacks=[rank1_keras.TerminateOnNonFinite()])   # stops at NaN, keeps good weights
     probabilities = bella.predict(x)            # particle average
 """
 

@@ -399,12 +399,38 @@ BAD_INPUT = {
     # In a user and mount namespace (`unshare -r -m`): output_dir on a tmpfs that is read-only, or full.
     "read_only_file_system": ("baselines.embedded", ["--dataset=digits"], 1, ["cannot write or read {out}", "errno 30", "read-only"]),
     "full_disk": ("baselines.embedded", ["--dataset=digits"], 1, ["cannot write or read {out}", "errno 28", "free some space"]),
+    # checkpoints/ alone read-only (a tmpfs mounted there): found before training, not at the first save.
+    "read_only_checkpoints_folder": (
+        "baselines.embedded", ["--dataset=digits"], 1,
+        ["cannot write or read {out}/checkpoints/.write-check", "errno 30", "read-only"],
+    ),
+    # Another process holds the directory's lock (a real process, started first).
+    "output_dir_in_use": (
+        "baselines.embedded", ["--dataset=digits", "--seed=1"], 1,
+        ["--output_dir={out} is in use by a training run: pid {holder}", "wait for it to finish"],
+    ),
+    # Refused before anything is written: a fresh output_dir is not even created.
+    "batch_larger_than_the_data": (
+        "baselines.embedded", ["--dataset=digits", "--per_core_batch_size=100000", "--noood", "--corruptions="], 1,
+        ["per_core_batch_size=100000 x 1 replicas = 100000 exceeds the"],
+    ),
+    "bella_garbage_weights_fresh_output_dir": (
+        "baselines.embedded",
+        ["--dataset=digits", "--method=bella", "--pretrained_checkpoint={tmp}/garbage.weights.h5", "--noood",
+         "--corruptions="],
+        1, ["pretrained_checkpoint={tmp}/garbage.weights.h5 could not be loaded"],
+    ),
 }
 # Cases whose output_dir starts empty (they reach training: a filled one would hold a fake checkpoint).
-EMPTY_OUTPUT_DIR = {"file_size_limit", "read_only_file_system", "full_disk"}
+EMPTY_OUTPUT_DIR = {"file_size_limit", "read_only_file_system", "full_disk", "read_only_checkpoints_folder"}
+# Cases whose output_dir does not exist: it must not exist afterwards either.
+FRESH_OUTPUT_DIR = {"batch_larger_than_the_data", "bella_garbage_weights_fresh_output_dir"}
 FILE_SIZE_LIMIT = 256 * 1024  # bytes; a digits checkpoint (630 KiB) is larger, run_settings.json much smaller
 # tmpfs sizes: the write check and run_settings.json fit, the first checkpoint does not.
-NAMESPACE_MOUNTS = {"read_only_file_system": "ro,size=1m", "full_disk": "size=256k"}
+NAMESPACE_MOUNTS = {"read_only_file_system": "ro,size=1m", "full_disk": "size=256k",
+                    "read_only_checkpoints_folder": "ro,size=1m"}
+# Where the tmpfs goes, under output_dir (default: output_dir itself).
+MOUNT_POINTS = {"read_only_checkpoints_folder": "checkpoints"}
 
 # A finished two-epoch digits run; each case below then runs on its own copy of it.
 DIGITS_FLAGS = [
@@ -417,14 +443,26 @@ ON_A_FINISHED_RUN = {
     "rerun_with_other_settings": (
         "baselines.embedded",
         DIGITS_FLAGS + ["--base_learning_rate=0.5", "--prior_stddev=0.7", "--train_examples=150", "--output_dir={run}"],
-        1, ["was trained with other settings", "base_learning_rate", "prior_stddev: 0.1 in the checkpoint, 0.7 now",
-            "train_examples: 0 in the checkpoint, 150 now", "fresh --output_dir"],
+        1, ["holds a run trained with other settings (run_settings.json)", "base_learning_rate",
+            "prior_stddev: 0.1 in the run, 0.7 now", "train_examples: 0 in the run, 150 now", "fresh --output_dir"],
+    ),
+    # Another method keeps its checkpoints elsewhere (member_<k>/): the run's own settings refuse it.
+    "rerun_with_another_method": (
+        "baselines.embedded", DIGITS_FLAGS + ["--method=ensemble", "--output_dir={run}"], 1,
+        ["holds a run trained with other settings", "method: deterministic in the run, ensemble now"],
+    ),
+    # The run's checkpoints deleted, results kept (see CHECKPOINTS_DELETED).
+    "rerun_without_checkpoints_with_another_seed": (
+        "baselines.embedded", DIGITS_FLAGS + ["--seed=1", "--output_dir={run}"], 1,
+        ["holds a run trained with other settings", "seed: 0 in the run, 1 now"],
     ),
     "export_over_the_run": (
         "baselines.export", ["--checkpoint={run}", "--output_dir={run}", "--overwrite"], 1,
         ["--output_dir={run} exists and is not an earlier export"],
     ),
 }
+# Cases on a copy of the finished run whose ckpt-*.npz files were deleted.
+CHECKPOINTS_DELETED = {"rerun_without_checkpoints_with_another_seed"}
 TRUNCATED = "truncated_newest_checkpoint"  # resumes from the checkpoint before, keeping the damaged one
 BAD_CASES = sorted(BAD_INPUT) + sorted(ON_A_FINISHED_RUN)
 
@@ -459,14 +497,14 @@ class _Binary:
     mount namespace with a tmpfs of those options on `output_dir`.
     """
 
-    def __init__(self, directory, module, flags, file_size_limit=None, mount=None, output_dir=None):
+    def __init__(self, directory, module, flags, file_size_limit=None, mount=None, mount_point=None):
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
         self.command = [sys.executable, "-m", module, *flags]
         if mount is not None:
             script = f'mount -t tmpfs -o "{mount}" tmpfs "$1" && shift && exec "$@"'
-            self.command = ["unshare", "-r", "-m", "sh", "-c", script, "sh", output_dir, *self.command]
+            self.command = ["unshare", "-r", "-m", "sh", "-c", script, "sh", mount_point, *self.command]
 
         def limit_file_size():
             import resource
@@ -518,6 +556,7 @@ class BadRuns:
         self.base = str(base)
         self.before, self.runs = {}, {}
         self.namespaces = _namespaces_work()
+        self.holder = None
         with open(os.path.join(self.base, "bad.cfg"), "w", encoding="utf-8") as stream:
             stream.write("--dataset=digits\n--methods=deterministic\n--bogus_flag=3\n")
         with open(os.path.join(self.base, "garbage.weights.h5"), "wb") as stream:
@@ -538,15 +577,19 @@ class BadRuns:
                 with open(output_dir, "wb") as stream:
                     stream.write(b"my notes")
             elif case in EMPTY_OUTPUT_DIR:
-                os.makedirs(output_dir)
-            else:
+                os.makedirs(os.path.join(output_dir, MOUNT_POINTS.get(case, "")))
+            elif case not in FRESH_OUTPUT_DIR:
                 _fill_output_dir(output_dir)
             self.before[case] = _snapshot(output_dir)
+            if case == "output_dir_in_use":
+                from tests.test_directory_lock import start_holder
+
+                self.holder = start_holder(output_dir)
             flags = [flag.format(tmp=self.base) for flag in flags] + [f"--output_dir={output_dir}"]
             self.runs[case] = _Binary(
                 os.path.join(self.base, case, "logs"), module, flags,
                 file_size_limit=FILE_SIZE_LIMIT if case == "file_size_limit" else None,
-                mount=NAMESPACE_MOUNTS.get(case), output_dir=output_dir,
+                mount=NAMESPACE_MOUNTS.get(case), mount_point=os.path.join(output_dir, MOUNT_POINTS.get(case, "")),
             )
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self._dependents = self._executor.submit(self._start_on_the_finished_run)
@@ -560,6 +603,11 @@ class BadRuns:
         runs = {}
         for case in sorted(ON_A_FINISHED_RUN) + [TRUNCATED]:
             shutil.copytree(self.finished_run, self.output_dirs[case])
+        for case in CHECKPOINTS_DELETED:
+            checkpoint_dir = os.path.join(self.output_dirs[case], "checkpoints")
+            for name in os.listdir(checkpoint_dir):
+                if name.startswith("ckpt-"):
+                    os.remove(os.path.join(checkpoint_dir, name))
         newest = os.path.join(self.output_dirs[TRUNCATED], "checkpoints", "ckpt-00002.npz")
         with open(newest, "r+b") as stream:
             stream.truncate(os.path.getsize(newest) // 2)
@@ -577,6 +625,8 @@ class BadRuns:
         run = self._dependents.result(timeout=600)[case] if case in self._dependent_cases else self.runs[case]
         returncode, stdout, stderr = run.wait()
         after = _snapshot(self.output_dirs[case]) if case not in NAMESPACE_MOUNTS else {}
+        if case in MOUNT_POINTS:  # what lies outside the mount is checked
+            after = _snapshot(self.output_dirs[case])
         return returncode, stdout, stderr, self.before[case], after
 
     _dependent_cases = set(ON_A_FINISHED_RUN) | {TRUNCATED}
@@ -584,6 +634,9 @@ class BadRuns:
     def stop(self):
         for run in self.runs.values():
             run.stop()
+        if self.holder is not None:
+            self.holder.kill()
+            self.holder.wait()
         self._first.stop()
         if self._dependents.exception(timeout=600) is None:  # else the first run failed: its test says so
             for run in self._dependents.result().values():
@@ -617,7 +670,8 @@ def test_bad_input_fails_with_one_error_line(bad_runs, case):
     assert last.startswith("error:"), stderr[-3000:]
     module, _, expected_code, substrings = {**BAD_INPUT, **ON_A_FINISHED_RUN}[case]
     output_dir = bad_runs.output_dirs[case]
-    substrings = [s.format(tmp=bad_runs.base, out=output_dir, run=output_dir) for s in substrings]
+    holder = bad_runs.holder.pid if bad_runs.holder is not None else None
+    substrings = [s.format(tmp=bad_runs.base, out=output_dir, run=output_dir, holder=holder) for s in substrings]
     assert returncode == expected_code, stderr[-3000:]
     for substring in substrings:
         assert substring in last, (substring, last)
@@ -629,6 +683,8 @@ def test_bad_input_fails_with_one_error_line(bad_runs, case):
     if case == "output_dir_is_a_file":
         with open(output_dir, "rb") as stream:
             assert stream.read() == b"my notes"
+    if case in FRESH_OUTPUT_DIR:  # refused before anything was written: not even the directory
+        assert not os.path.exists(output_dir)
     if case == "file_size_limit":  # the failed write left no partial file behind
         assert not [name for name in after if os.path.basename(name).startswith(".tmp-")], sorted(after)
 

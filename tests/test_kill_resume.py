@@ -62,3 +62,49 @@ def test_sigkill_then_restart_ends_on_the_uninterrupted_weights(tmp_path):
     assert expected.keys() == actual.keys()
     for name in expected:
         np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
+
+
+def test_two_binaries_on_one_output_dir_one_trains_the_other_is_refused_naming_it(tmp_path):
+    """The issue's three ways: two identical commands started together, one started when the first's
+    ckpt-00001.npz appears, and one with other settings; only the first trains, the others end with one
+    error line naming it, and leave its files (a .tmp-* it is writing included) alone."""
+    output_dir = str(tmp_path / "run")
+    long_run = [*COMMAND, "--train_epochs=300", "--steps_per_epoch=1", f"--output_dir={output_dir}"]
+    first, twin = (subprocess.Popen(long_run, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True) for _ in range(2))
+    try:
+        deadline = time.monotonic() + 600
+        while twin.poll() is None and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        loser, holder = (twin, first) if twin.poll() is not None else (first, twin)
+        _, err = loser.communicate(timeout=60)
+        assert loser.returncode == 1 and holder.poll() is None, err[-3000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(f"error: --output_dir={output_dir} is in use by a training run: pid {holder.pid}"), last
+
+        checkpoint_dir = os.path.join(output_dir, "checkpoints")
+        while not os.path.exists(os.path.join(checkpoint_dir, "ckpt-00001.npz")) and time.monotonic() < deadline:
+            assert holder.poll() is None, holder.communicate()[1][-3000:]
+            time.sleep(0.02)
+        planted = os.path.join(checkpoint_dir, ".tmp-in-flight.npz")  # as if the holder were writing it
+        with open(planted, "wb") as stream:
+            stream.write(b"half a checkpoint")
+        with open(os.path.join(output_dir, "run_settings.json"), "rb") as stream:
+            settings = stream.read()
+        for late in (long_run, [*COMMAND, "--train_epochs=4", "--seed=1", "--per_core_batch_size=32",
+                                f"--output_dir={output_dir}"]):
+            refused = subprocess.run(late, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+            last = refused.stderr.strip().splitlines()[-1]
+            assert refused.returncode == 1 and f"is in use by a training run: pid {holder.pid}" in last, last
+            assert "Traceback" not in refused.stderr
+        assert holder.poll() is None
+        with open(planted, "rb") as stream:
+            assert stream.read() == b"half a checkpoint"
+        with open(os.path.join(output_dir, "run_settings.json"), "rb") as stream:
+            assert stream.read() == settings
+        assert not os.path.exists(os.path.join(output_dir, "results.json"))
+    finally:
+        for process in (first, twin):
+            if process.poll() is None:
+                process.kill()
+            process.communicate()

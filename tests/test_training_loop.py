@@ -459,3 +459,68 @@ def test_validation_and_shift_metrics_are_those_of_their_own_sets():
     temperature = metrics.fit_temperature(valid[0].astype("float64"), valid[1])
     scaled_eces = [metrics.expected_calibration_error(softmax(x / temperature), y) for x, y in shifts]
     assert result["shift_ece_temperature_scaled"] == pytest.approx(np.mean(scaled_eces), rel=1e-3, abs=1e-4)
+
+
+# -- nothing lost, part two ------------------------------------------------------
+
+
+def test_a_second_damaged_checkpoint_of_the_same_name_never_overwrites_the_first_set_aside(tmp_path, capsys):
+    _checkpointed_run(tmp_path, epochs=2)
+    newest = tmp_path / "ckpt-00002.npz"
+    intact = newest.read_bytes()
+    (tmp_path / "ckpt-00002.npz.unreadable").write_bytes(b"damaged the first time")
+    newest.write_bytes(intact[: len(intact) // 2])
+    point = checkpoints.find_resume_checkpoint(str(tmp_path), set_aside_unreadable=True)
+    assert point.path.endswith("ckpt-00001.npz")
+    assert (tmp_path / "ckpt-00002.npz.unreadable").read_bytes() == b"damaged the first time"
+    assert (tmp_path / "ckpt-00002.npz.2.unreadable").read_bytes() == intact[: len(intact) // 2]
+    assert any("kept as" in note and note.endswith("ckpt-00002.npz.2.unreadable") for note in point.notes)
+
+
+def test_a_pointer_naming_a_missing_checkpoint_does_not_call_the_older_one_newer(tmp_path):
+    _checkpointed_run(tmp_path, epochs=1)
+    (tmp_path / "latest").write_bytes(b"ckpt-00009.npz")
+    point = checkpoints.find_resume_checkpoint(str(tmp_path))
+    assert point.path.endswith("ckpt-00001.npz")
+    assert point.notes == [
+        f"the pointer {tmp_path / 'latest'} names 'ckpt-00009.npz', which is not in {tmp_path}; "
+        f"{tmp_path / 'ckpt-00001.npz'} is the newest checkpoint there"
+    ]
+
+
+def test_removing_an_interrupted_write_says_so(tmp_path, capsys):
+    _, run = _checkpointed_run(tmp_path, epochs=1)
+    (tmp_path / ".tmp-abc.npz").write_bytes(b"half a checkpoint")
+    _resume(tmp_path, run)
+    assert f"warning: removed {tmp_path / '.tmp-abc.npz'}, the leftover of an interrupted write" in capsys.readouterr().err
+
+
+def test_the_divergence_error_starts_on_a_line_of_its_own(tmp_path, capsys):
+    model, _ = _build("deterministic")
+    images, labels = _data()
+    images[100] = np.inf  # in a later batch: the progress bar has drawn earlier steps without a line break
+    settings = TrainingSettings(**{**SETTINGS.__dict__, "train_epochs": 1, "verbose": 1})
+    with pytest.raises(FloatingPointError, match="non-finite at epoch 1, step [2-8]"):
+        train(model, _train_data(images, labels), settings, checkpoint_dir=str(tmp_path))
+    out = capsys.readouterr().out
+    assert "1/8" in out and out.endswith("\n")
+
+
+def test_train_refuses_a_checkpoint_directory_another_process_holds(tmp_path):
+    from tests.test_directory_lock import start_holder
+
+    from rank1_keras.training.directory_lock import DirectoryInUseError
+
+    model, _ = _build("deterministic")
+    holder = start_holder(tmp_path)
+    try:
+        (tmp_path / ".tmp-live.npz").write_bytes(b"being written by the holder")
+        with pytest.raises(DirectoryInUseError, match=f"checkpoint_dir={tmp_path} is in use by a training run: pid {holder.pid}"):
+            train(model, _train_data(*_data()), TrainingSettings(**{**SETTINGS.__dict__, "train_epochs": 1}),
+                  checkpoint_dir=str(tmp_path))
+        # Its temporary file is the holder's to remove, not a starting run's.
+        assert (tmp_path / ".tmp-live.npz").read_bytes() == b"being written by the holder"
+        assert checkpoints.checkpoint_files(str(tmp_path)) == []
+    finally:
+        holder.kill()
+        holder.wait()

@@ -178,7 +178,8 @@ def load_pretrained(model, path):
     Every failure is a `CheckpointError` that names `pretrained_checkpoint`
     and, for a training run of another method or architecture, says which.
     """
-    from rank1_keras.training.checkpoint import CheckpointError, latest_checkpoint, restore_model_weights
+    from rank1_keras.training.checkpoint import CheckpointError, latest_checkpoint
+    from rank1_keras.training.directory_lock import DirectoryLock
 
     flag = f"pretrained_checkpoint={path}"
     expected = "a deterministic run's --output_dir, its ckpt-*.npz, or a Keras .weights.h5 / .keras file of the same architecture"
@@ -200,13 +201,22 @@ def load_pretrained(model, path):
     run_dir = None
     if os.path.isdir(path):
         run_dir = path
-        directory = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-        checkpoint = latest_checkpoint(directory)
-        if checkpoint is None:
-            raise CheckpointError(f"{flag} holds no readable checkpoint; pass {expected}.")
-        path = checkpoint
+        # A run still training there is refused (naming it), not read half-way.
+        with DirectoryLock(path, "Bella run reading its pretrained network", argument="--pretrained_checkpoint",
+                           create=False, read_only_ok=True):
+            directory = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+            checkpoint = latest_checkpoint(directory)
+            if checkpoint is None:
+                raise CheckpointError(f"{flag} holds no readable checkpoint; pass {expected}.")
+            return _restore_pretrained(model, checkpoint, flag, expected, run_dir)
     if not path.endswith(".npz") or not os.path.exists(path):
         raise ValueError(f"{flag} must be {expected}.")
+    return _restore_pretrained(model, path, flag, expected, run_dir)
+
+
+def _restore_pretrained(model, path, flag, expected, run_dir):
+    from rank1_keras.training.checkpoint import CheckpointError, restore_model_weights
+
     try:
         restore_model_weights(path, model)
     except CheckpointError as error:

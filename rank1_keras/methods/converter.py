@@ -275,7 +275,8 @@ def convert(
 
         converted = convert(model, "batchensemble", ensemble_size=4)
         converted.compile("adam", rank1_keras.AverageNLL(4))
-        converted.fit(x, y)
+        # Stops at the first non-finite loss or gradient, keeping the last finite weights.
+        converted.fit(x, y, callbacks=[rank1_keras.TerminateOnNonFinite()])
         probabilities = converted.predict(x)        # member average
     """
     _check_model(model)

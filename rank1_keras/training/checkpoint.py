@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 import tempfile
 import zipfile
 
@@ -29,7 +30,8 @@ import numpy as np
 
 _LATEST = "latest"
 _CHECKPOINT_NAME = re.compile(r"^ckpt-(\d+)\.npz$")
-# An unreadable checkpoint is renamed with this suffix, never deleted or overwritten.
+# An unreadable checkpoint is renamed with this suffix (`<name>.unreadable`, then
+# `<name>.2.unreadable`, ... when that name is taken), never deleted or overwritten.
 UNREADABLE_SUFFIX = ".unreadable"
 
 
@@ -60,7 +62,10 @@ def write_atomically(path, write):
     """Calls `write(stream)` on a temporary file next to `path`, then renames it over `path`."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    try:
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    except OSError as error:  # name the file being written, not a temporary name that never existed
+        raise OSError(error.errno, error.strerror, path) from error
     try:
         with os.fdopen(handle, "wb") as stream:
             write(stream)
@@ -171,16 +176,47 @@ def find_resume_checkpoint(directory, set_aside_unreadable=False):
             point.skipped.append((path, reason))
             moved = ""
             if set_aside_unreadable:
-                os.replace(path, path + UNREADABLE_SUFFIX)
-                moved = f"; kept as {path + UNREADABLE_SUFFIX}"
+                moved = f"; kept as {set_aside(path)}"
             point.notes.append(f"skipped checkpoint {path}: it does not read back ({reason}){moved}")
             continue
         point.path, point.header = path, header
         break
     if point.path and name and name != os.path.basename(point.path) and not point.skipped:
-        # A kill between a checkpoint's rename and the pointer's update: the file is complete.
-        point.notes.append(f"the pointer {os.path.join(directory, _LATEST)} names {name!r}; {point.path} is newer and complete")
+        pointer = os.path.join(directory, _LATEST)
+        named = _CHECKPOINT_NAME.match(name)
+        if named and int(named.group(1)) < point.header["epoch"]:
+            # A kill between a checkpoint's rename and the pointer's update: the file is complete.
+            point.notes.append(f"the pointer {pointer} names {name!r}; {point.path} is newer and complete")
+        else:
+            point.notes.append(
+                f"the pointer {pointer} names {name!r}, which is not in {directory}; {point.path} is the newest "
+                "checkpoint there"
+            )
     return point
+
+
+def set_aside(path):
+    """Renames an unreadable checkpoint to a name no file has (`<path>.unreadable`, `<path>.2.unreadable`, ...).
+
+    Never overwrites: `os.link` fails when the name is taken (checked by the
+    file system itself); where hard links are not supported, the name is
+    checked first (the caller holds the directory's lock). Returns the new path.
+    """
+    attempt = 1
+    while True:
+        target = path + (UNREADABLE_SUFFIX if attempt == 1 else f".{attempt}{UNREADABLE_SUFFIX}")
+        attempt += 1
+        try:
+            os.link(path, target)
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links here (FAT, some FUSE mounts)
+            if os.path.lexists(target):
+                continue
+            os.rename(path, target)
+            return target
+        os.remove(path)
+        return target
 
 
 def latest_checkpoint(directory):
@@ -196,13 +232,16 @@ def remove_interrupted_writes(directory):
     """Deletes `.tmp-*` files a killed write left behind; returns their paths.
 
     They are never a checkpoint: `write_atomically` renames a file only once
-    it is complete.
+    it is complete. Only the holder of `directory`'s lock may call this
+    (`rank1_keras.training.directory_lock`): another live process's `.tmp-*`
+    file is one it is still writing.
     """
     if not os.path.isdir(directory):
         return []
-    leftovers = [os.path.join(directory, name) for name in os.listdir(directory) if name.startswith(".tmp-")]
+    leftovers = sorted(os.path.join(directory, name) for name in os.listdir(directory) if name.startswith(".tmp-"))
     for path in leftovers:
         os.remove(path)
+        print(f"warning: removed {path}, the leftover of an interrupted write", file=sys.stderr, flush=True)
     return leftovers
 
 

@@ -19,6 +19,7 @@ What it guarantees:
   learning rate, KL weight) per epoch.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -33,6 +34,7 @@ from rank1_keras import validation
 from rank1_keras.callbacks import KLAnnealing, rank1_layers
 from rank1_keras.losses import AverageNLL, MixtureNLL
 from rank1_keras.training import checkpoint as checkpoints
+from rank1_keras.training.directory_lock import DirectoryLock
 from rank1_keras.training.schedules import WarmupPiecewiseDecay
 
 OPTIMIZERS = ("sgd", "adam")
@@ -199,6 +201,22 @@ _FLAG_NAMES = {
 }
 
 
+def full_steps_per_epoch(num_examples, per_replica_batch_size, replicas=1):
+    """Full global batches in `num_examples`; a ValueError naming the batch when there is none."""
+    global_batch = per_replica_batch_size * replicas
+    if num_examples // global_batch < 1:
+        raise ValueError(
+            f"per_core_batch_size={per_replica_batch_size} x {replicas} replicas = {global_batch} "
+            f"exceeds the {num_examples} training examples; lower the batch size."
+        )
+    return num_examples // global_batch
+
+
+def training_fingerprint(settings):
+    """The `TrainingSettings` fields a resumed or rerun run must share (all but `_NOT_FINGERPRINTED`)."""
+    return {key: value for key, value in dataclasses.asdict(settings).items() if key not in _NOT_FINGERPRINTED}
+
+
 def _fingerprint(settings, members, likelihood, replicas, global_batch, member_streams=1, run_settings=None):
     """Everything an interrupted run and its resumption (or a rerun) must share.
 
@@ -207,14 +225,13 @@ def _fingerprint(settings, members, likelihood, replicas, global_batch, member_s
     task and evaluation settings, which change the weights or the reported
     numbers. In JSON form, as the checkpoint stores it.
     """
-    training = {k: v for k, v in dataclasses.asdict(settings).items() if k not in _NOT_FINGERPRINTED}
     fingerprint = {
         "member_streams": member_streams,
         "members": members,
         "likelihood": likelihood,
         "global_batch": global_batch,
         "replicas": replicas,
-        "training": training,
+        "training": training_fingerprint(settings),
         "run": run_settings or {},
     }
     return json.loads(json.dumps(fingerprint, default=str))
@@ -229,8 +246,8 @@ def _flatten(value, prefix=""):
     return {prefix[:-1]: value}
 
 
-def fingerprint_differences(saved, current, defaults=None):
-    """'name: saved -> current' for each setting that differs ([] when none), one per flag.
+def fingerprint_differences(saved, current, defaults=None, source="the checkpoint"):
+    """'name: saved in <source>, current now' for each setting that differs ([] when none), one per flag.
 
     `defaults`: {flattened key: value} of settings a checkpoint may predate
     (a setting added to the library later): one recorded on one side only
@@ -245,7 +262,7 @@ def fingerprint_differences(saved, current, defaults=None):
         if before != after:
             leaf = key.rsplit(".", 1)[-1]
             name = _FLAG_NAMES.get(leaf, leaf)
-            differences.setdefault(name, f"{name}: {before} in the checkpoint, {after} now")
+            differences.setdefault(name, f"{name}: {before} in {source}, {after} now")
     return list(differences.values())
 
 
@@ -297,12 +314,7 @@ def train(
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
     global_batch = settings.per_replica_batch_size * replicas
-    full_steps = data.num_examples // global_batch
-    if full_steps < 1:
-        raise ValueError(
-            f"per_core_batch_size={settings.per_replica_batch_size} x {replicas} replicas = {global_batch} "
-            f"exceeds the {data.num_examples} training examples; lower the batch size."
-        )
+    full_steps = full_steps_per_epoch(data.num_examples, settings.per_replica_batch_size, replicas)
     steps = min(full_steps, settings.steps_per_epoch or full_steps)
     loss_object = (AverageNLL if likelihood == "average" else MixtureNLL)(members)
     annealing = KLAnnealing(settings.kl_annealing_epochs)
@@ -321,144 +333,150 @@ def train(
             f"member_streams={member_streams} feeds each member its own examples; the model must return one row "
             f"per example (members=1, training_batch='split'), got members={members}."
         )
-    fingerprint = _fingerprint(settings, members, likelihood, replicas, global_batch, member_streams, run_settings)
-    start_epoch, elapsed = 0, 0.0
-    if checkpoint_dir and chief:
-        checkpoints.remove_interrupted_writes(checkpoint_dir)
-    resume = checkpoints.find_resume_checkpoint(checkpoint_dir, set_aside_unreadable=chief) if checkpoint_dir else None
-    if resume is not None:
-        for note in resume.notes:
-            print(f"warning: {note}", file=sys.stderr, flush=True)
-    if resume is not None and resume.path:
-        latest, header = resume.path, resume.header
-        defaults = {"training": {field.name: field.default for field in dataclasses.fields(TrainingSettings)},
-                    "run": run_setting_defaults or {}}
-        differences = fingerprint_differences(header["metadata"].get("fingerprint"), fingerprint, defaults)
-        if differences:
-            raise checkpoints.CheckpointError(
-                f"checkpoint {latest} was trained with other settings: {'; '.join(differences)}. Rerun with the "
-                "checkpoint's values to resume it, or choose a fresh --output_dir."
-            )
-        if header["epoch"] > settings.train_epochs:
-            raise checkpoints.CheckpointError(
-                f"checkpoint {latest} was trained for {header['epoch']} epochs; this run has "
-                f"train_epochs={settings.train_epochs}. Rerun with --train_epochs={header['epoch']} or more, or "
-                "choose a fresh --output_dir."
-            )
-        try:
-            checkpoints.restore_checkpoint(latest, model, optimizer)
-        except checkpoints.CheckpointError as error:
-            raise checkpoints.CheckpointError(f"{error} Choose a fresh --output_dir for this model.") from error
-        start_epoch, elapsed = header["epoch"], header["metadata"].get("train_seconds", 0.0)
-        if settings.verbose:
-            print(f"Resuming from {latest} (epoch {start_epoch} of {settings.train_epochs}).", flush=True)
-    elif resume is not None and resume.skipped:
-        print(
-            f"warning: no checkpoint in {checkpoint_dir} reads back; training starts at epoch 1.",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    @tf.function
-    def train_step(features, labels):
-        def replica_step(features, labels):
-            if member_streams > 1:
-                features, labels = _member_rows(features), _member_rows(labels)
-            with tf.GradientTape() as tape:
-                # float32 losses and metrics also under a mixed bfloat16 policy.
-                predictions = tf.cast(model(features, training=True), tf.float32)
-                per_position = loss_object.call(labels, predictions)  # (B,) or (B, d...) for dense outputs
-                per_example = tf.reduce_mean(per_position, axis=list(range(1, per_position.shape.rank)))
-                nll = tf.reduce_sum(per_example) / global_batch
-                extra = tf.add_n([tf.cast(loss, nll.dtype) for loss in model.losses]) if model.losses else tf.zeros((), nll.dtype)
-                loss = nll + extra / replicas
-            gradients = tape.gradient(loss, model.trainable_variables)
-            # Checked on the gradients, not only on the loss: a NaN inside the loss's
-            # probability floor may come out finite or not depending on the CPU's min/max.
-            gradients_finite = tf.reduce_all(
-                tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None] or [tf.constant(True)])
-            )
-            gradients = [g if scale == 1.0 else g * scale for g, scale in zip(gradients, gradient_scales)]
-            if gradient_transform is not None:
-                gradients = gradient_transform(model.trainable_variables, gradients)
-            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-            batch = tf.shape(labels)[0]
-            member_probabilities = tf.reshape(predictions, tf.concat([[-1, batch], tf.shape(predictions)[1:]], 0))
-            predicted = tf.argmax(tf.reduce_mean(member_probabilities, axis=0), axis=-1, output_type=tf.int32)
-            hits = tf.cast(tf.equal(predicted, tf.reshape(tf.cast(labels, tf.int32), tf.shape(predicted))), tf.float32)
-            # Per example: the share of its positions right (1 or 0 for one label per example).
-            correct = tf.reduce_sum(tf.reduce_mean(tf.reshape(hits, [batch, -1]), axis=1))
-            # Accuracy per example row: with member streams a step has M rows per batch example.
-            correct = correct / member_streams
-            non_finite = 1.0 - tf.cast(gradients_finite, tf.float32)
-            return nll, extra / replicas, correct, tf.cast(batch // member_streams, tf.float32), non_finite
-
-        nll, extra, correct, replica_batch, non_finite = strategy.run(replica_step, args=(features, labels))
-        total = [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in (nll, extra, correct)]
-        # The mean per-replica batch: a check that the global batch is split.
-        return total + [
-            strategy.reduce(tf.distribute.ReduceOp.MEAN, replica_batch, axis=None),
-            strategy.reduce(tf.distribute.ReduceOp.SUM, non_finite, axis=None),  # replicas with NaN/inf gradients
-        ]
-
-    writer = tf.summary.create_file_writer(log_dir) if (log_dir and chief) else None
-    logs = {}
-    for epoch in range(start_epoch, settings.train_epochs):
-        epoch_start = time.perf_counter()
-        if member_streams > 1:
-            dataset = member_stream_dataset(data, epoch, global_batch, settings.seed, member_streams, settings.shuffle_buffer)
-        else:
-            dataset = epoch_dataset(data, epoch, global_batch, settings.seed, True, settings.shuffle_buffer)
-        dataset = dataset.take(steps)
-        iterator = iter(strategy.experimental_distribute_dataset(dataset))
-        progress = keras.utils.Progbar(steps, verbose=settings.verbose if chief else 0, unit_name="step")
-        if settings.verbose and chief:
-            print(f"Epoch {epoch + 1}/{settings.train_epochs}", flush=True)
-        totals = np.zeros(3)
-        for step in range(steps):
-            kl_weight = annealing.weight_at(epoch, step, steps)
-            for layer in kl_layers:
-                layer.kl_weight.assign(kl_weight)
-            features, labels = next(iterator)
-            nll, extra, correct, replica_batch, non_finite = (float(v) for v in train_step(features, labels))
-            if not (np.isfinite(nll + extra) and non_finite == 0.0):
-                what = "the gradients became non-finite" if non_finite else f"the training loss became {nll + extra}"
-                raise FloatingPointError(
-                    f"{what} at epoch {epoch + 1}, step {step + 1}; lower --base_learning_rate or check the "
-                    "inputs for inf/NaN (no checkpoint of this epoch was written)."
+    # One writer per checkpoint directory: a second process (a second `train`
+    # or binary on the same directory) is refused before anything is read.
+    lock = DirectoryLock(checkpoint_dir, "training run", argument="checkpoint_dir") if (checkpoint_dir and chief) else None
+    with lock or contextlib.nullcontext():
+        fingerprint = _fingerprint(settings, members, likelihood, replicas, global_batch, member_streams, run_settings)
+        start_epoch, elapsed = 0, 0.0
+        if lock is not None:
+            checkpoints.remove_interrupted_writes(checkpoint_dir)
+        resume = checkpoints.find_resume_checkpoint(checkpoint_dir, set_aside_unreadable=chief) if checkpoint_dir else None
+        if resume is not None:
+            for note in resume.notes:
+                print(f"warning: {note}", file=sys.stderr, flush=True)
+        if resume is not None and resume.path:
+            latest, header = resume.path, resume.header
+            defaults = {"training": {field.name: field.default for field in dataclasses.fields(TrainingSettings)},
+                        "run": run_setting_defaults or {}}
+            differences = fingerprint_differences(header["metadata"].get("fingerprint"), fingerprint, defaults)
+            if differences:
+                raise checkpoints.CheckpointError(
+                    f"checkpoint {latest} was trained with other settings: {'; '.join(differences)}. Rerun with the "
+                    "checkpoint's values to resume it, or choose a fresh --output_dir."
                 )
-            totals += (nll, extra, correct)
-            progress.update(step + 1, [("nll", nll), ("kl_l2", extra), ("accuracy", correct / global_batch)])
-        elapsed += time.perf_counter() - epoch_start
-        logs = {
-            "nll": totals[0] / steps,
-            "regularization": totals[1] / steps,
-            "accuracy": totals[2] / (steps * global_batch),
-            "learning_rate": float(optimizer.learning_rate),
-            "kl_weight": annealing.weight_at(epoch, steps - 1, steps),
-            "train_seconds": elapsed,
-            "replica_batch_size": int(replica_batch),
-        }
-        if writer is not None:
-            with writer.as_default(step=epoch + 1):
-                for name, value in logs.items():
-                    tf.summary.scalar(f"train/{name}", value)
-            writer.flush()
-        if checkpoint_dir and chief:
-            checkpoints.save_checkpoint(
-                checkpoint_dir,
-                epoch + 1,
-                model,
-                optimizer,
-                metadata={"fingerprint": fingerprint, "train_seconds": elapsed, "logs": logs},
-                keep=settings.keep_checkpoints,
+            if header["epoch"] > settings.train_epochs:
+                raise checkpoints.CheckpointError(
+                    f"checkpoint {latest} was trained for {header['epoch']} epochs; this run has "
+                    f"train_epochs={settings.train_epochs}. Rerun with --train_epochs={header['epoch']} or more, or "
+                    "choose a fresh --output_dir."
+                )
+            try:
+                checkpoints.restore_checkpoint(latest, model, optimizer)
+            except checkpoints.CheckpointError as error:
+                raise checkpoints.CheckpointError(f"{error} Choose a fresh --output_dir for this model.") from error
+            start_epoch, elapsed = header["epoch"], header["metadata"].get("train_seconds", 0.0)
+            if settings.verbose:
+                print(f"Resuming from {latest} (epoch {start_epoch} of {settings.train_epochs}).", flush=True)
+        elif resume is not None and resume.skipped:
+            print(
+                f"warning: no checkpoint in {checkpoint_dir} reads back; training starts at epoch 1.",
+                file=sys.stderr,
+                flush=True,
             )
-    return TrainingRecord(
-        epochs_run=settings.train_epochs - start_epoch,
-        resumed_from_epoch=start_epoch,
-        train_seconds=elapsed,
-        logs=logs,
-    )
+
+        @tf.function
+        def train_step(features, labels):
+            def replica_step(features, labels):
+                if member_streams > 1:
+                    features, labels = _member_rows(features), _member_rows(labels)
+                with tf.GradientTape() as tape:
+                    # float32 losses and metrics also under a mixed bfloat16 policy.
+                    predictions = tf.cast(model(features, training=True), tf.float32)
+                    per_position = loss_object.call(labels, predictions)  # (B,) or (B, d...) for dense outputs
+                    per_example = tf.reduce_mean(per_position, axis=list(range(1, per_position.shape.rank)))
+                    nll = tf.reduce_sum(per_example) / global_batch
+                    extra = tf.add_n([tf.cast(loss, nll.dtype) for loss in model.losses]) if model.losses else tf.zeros((), nll.dtype)
+                    loss = nll + extra / replicas
+                gradients = tape.gradient(loss, model.trainable_variables)
+                # Checked on the gradients, not only on the loss: a NaN inside the loss's
+                # probability floor may come out finite or not depending on the CPU's min/max.
+                gradients_finite = tf.reduce_all(
+                    tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None] or [tf.constant(True)])
+                )
+                gradients = [g if scale == 1.0 else g * scale for g, scale in zip(gradients, gradient_scales)]
+                if gradient_transform is not None:
+                    gradients = gradient_transform(model.trainable_variables, gradients)
+                optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+                batch = tf.shape(labels)[0]
+                member_probabilities = tf.reshape(predictions, tf.concat([[-1, batch], tf.shape(predictions)[1:]], 0))
+                predicted = tf.argmax(tf.reduce_mean(member_probabilities, axis=0), axis=-1, output_type=tf.int32)
+                hits = tf.cast(tf.equal(predicted, tf.reshape(tf.cast(labels, tf.int32), tf.shape(predicted))), tf.float32)
+                # Per example: the share of its positions right (1 or 0 for one label per example).
+                correct = tf.reduce_sum(tf.reduce_mean(tf.reshape(hits, [batch, -1]), axis=1))
+                # Accuracy per example row: with member streams a step has M rows per batch example.
+                correct = correct / member_streams
+                non_finite = 1.0 - tf.cast(gradients_finite, tf.float32)
+                return nll, extra / replicas, correct, tf.cast(batch // member_streams, tf.float32), non_finite
+
+            nll, extra, correct, replica_batch, non_finite = strategy.run(replica_step, args=(features, labels))
+            total = [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in (nll, extra, correct)]
+            # The mean per-replica batch: a check that the global batch is split.
+            return total + [
+                strategy.reduce(tf.distribute.ReduceOp.MEAN, replica_batch, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, non_finite, axis=None),  # replicas with NaN/inf gradients
+            ]
+
+        writer = tf.summary.create_file_writer(log_dir) if (log_dir and chief) else None
+        logs = {}
+        for epoch in range(start_epoch, settings.train_epochs):
+            epoch_start = time.perf_counter()
+            if member_streams > 1:
+                dataset = member_stream_dataset(data, epoch, global_batch, settings.seed, member_streams, settings.shuffle_buffer)
+            else:
+                dataset = epoch_dataset(data, epoch, global_batch, settings.seed, True, settings.shuffle_buffer)
+            dataset = dataset.take(steps)
+            iterator = iter(strategy.experimental_distribute_dataset(dataset))
+            progress = keras.utils.Progbar(steps, verbose=settings.verbose if chief else 0, unit_name="step")
+            if settings.verbose and chief:
+                print(f"Epoch {epoch + 1}/{settings.train_epochs}", flush=True)
+            totals = np.zeros(3)
+            for step in range(steps):
+                kl_weight = annealing.weight_at(epoch, step, steps)
+                for layer in kl_layers:
+                    layer.kl_weight.assign(kl_weight)
+                features, labels = next(iterator)
+                nll, extra, correct, replica_batch, non_finite = (float(v) for v in train_step(features, labels))
+                if not (np.isfinite(nll + extra) and non_finite == 0.0):
+                    what = "the gradients became non-finite" if non_finite else f"the training loss became {nll + extra}"
+                    if settings.verbose == 1 and chief:
+                        print(flush=True)  # end the progress bar's line: the error gets a line of its own
+                    raise FloatingPointError(
+                        f"{what} at epoch {epoch + 1}, step {step + 1}; lower --base_learning_rate or check the "
+                        "inputs for inf/NaN (no checkpoint of this epoch was written)."
+                    )
+                totals += (nll, extra, correct)
+                progress.update(step + 1, [("nll", nll), ("kl_l2", extra), ("accuracy", correct / global_batch)])
+            elapsed += time.perf_counter() - epoch_start
+            logs = {
+                "nll": totals[0] / steps,
+                "regularization": totals[1] / steps,
+                "accuracy": totals[2] / (steps * global_batch),
+                "learning_rate": float(optimizer.learning_rate),
+                "kl_weight": annealing.weight_at(epoch, steps - 1, steps),
+                "train_seconds": elapsed,
+                "replica_batch_size": int(replica_batch),
+            }
+            if writer is not None:
+                with writer.as_default(step=epoch + 1):
+                    for name, value in logs.items():
+                        tf.summary.scalar(f"train/{name}", value)
+                writer.flush()
+            if checkpoint_dir and chief:
+                checkpoints.save_checkpoint(
+                    checkpoint_dir,
+                    epoch + 1,
+                    model,
+                    optimizer,
+                    metadata={"fingerprint": fingerprint, "train_seconds": elapsed, "logs": logs},
+                    keep=settings.keep_checkpoints,
+                )
+        return TrainingRecord(
+            epochs_run=settings.train_epochs - start_epoch,
+            resumed_from_epoch=start_epoch,
+            train_seconds=elapsed,
+            logs=logs,
+        )
 
 
 def checkpoint_directory(output_dir, member=None):
