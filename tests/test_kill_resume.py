@@ -69,7 +69,8 @@ def test_two_binaries_on_one_output_dir_one_trains_the_other_is_refused_naming_i
     ckpt-00001.npz appears, and one with other settings; only the first trains, the others end with one
     error line naming it, and leave its files (a .tmp-* it is writing included) alone."""
     output_dir = str(tmp_path / "run")
-    long_run = [*COMMAND, "--train_epochs=300", "--steps_per_epoch=1", f"--output_dir={output_dir}"]
+    # Far longer than the test (killed at its end), however slow or loaded the machine.
+    long_run = [*COMMAND, "--train_epochs=100000", "--steps_per_epoch=1", f"--output_dir={output_dir}"]
     first, twin = (subprocess.Popen(long_run, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True) for _ in range(2))
     try:
