@@ -46,6 +46,9 @@ setup(
             "matplotlib>=3.7",
         ],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
+        # The other Keras backends the layers run on (the tests run on all three).
+        "jax": ["jax>=0.4.30"],
+        "torch": ["torch>=2.1"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -5,7 +5,7 @@ Block order throughout: a batch of B examples becomes K*B rows, rows
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from rank1_keras import validation
 
@@ -20,14 +20,14 @@ def tile_members(inputs, ensemble_size):
 def split_members(outputs, ensemble_size):
     """(K*B, ...) -> (K, B, ...): member k's rows at index k."""
     ensemble_size = validation.check_positive_int(ensemble_size, "ensemble_size")
-    outputs = tf.convert_to_tensor(outputs)
+    outputs = ops.convert_to_tensor(outputs)
     batch_size = outputs.shape[0]
     if batch_size is not None and batch_size % ensemble_size:
         raise ValueError(
             f"The number of rows ({batch_size}) must be a multiple of ensemble_size={ensemble_size}."
         )
-    shape = tf.concat([[ensemble_size, -1], tf.shape(outputs)[1:]], axis=0)
-    return tf.reshape(outputs, shape)
+    # ops.shape: a traced TensorFlow batch may have further axes known only at run time.
+    return ops.reshape(outputs, (ensemble_size, -1) + tuple(ops.shape(outputs)[1:]))
 
 
 def average_member_probabilities(probabilities, ensemble_size):
@@ -41,7 +41,7 @@ def average_member_probabilities(probabilities, ensemble_size):
 
 def swap_member_axes(tensor):
     """(K, B, ...) <-> (B, K, ...): members and examples trade places; other axes stay."""
-    return tf.transpose(tensor, [1, 0] + list(range(2, len(tensor.shape))))
+    return ops.transpose(tensor, [1, 0] + list(range(2, len(tensor.shape))))
 
 
 OUTPUT_TYPES = ("probabilities", "logits", "regression", "gaussian")
@@ -62,19 +62,19 @@ def average_members(outputs, ensemble_size, output_type="probabilities"):
     """
     members = split_members(outputs, ensemble_size)
     if output_type in ("probabilities", "regression"):
-        return tf.reduce_mean(members, axis=0)
-    log_members = tf.math.log(tf.cast(ensemble_size, members.dtype))
+        return ops.mean(members, axis=0)
+    log_members = ops.log(ops.cast(ensemble_size, members.dtype))
     if output_type == "logits":
         if members.shape[-1] == 1:  # one sigmoid unit: logit of the mixture's p(y = 1)
-            log_positive = tf.reduce_logsumexp(tf.math.log_sigmoid(members), axis=0)
-            log_negative = tf.reduce_logsumexp(tf.math.log_sigmoid(-members), axis=0)
+            log_positive = ops.logsumexp(ops.log_sigmoid(members), axis=0)
+            log_negative = ops.logsumexp(ops.log_sigmoid(-members), axis=0)
             return log_positive - log_negative
-        return tf.reduce_logsumexp(tf.nn.log_softmax(members, axis=-1), axis=0) - log_members
+        return ops.logsumexp(ops.log_softmax(members, axis=-1), axis=0) - log_members
     if output_type == "gaussian":
         mean, scale = gaussian_parts(members)
-        mixture_mean = tf.reduce_mean(mean, axis=0)
-        variance = tf.reduce_mean(tf.square(scale), axis=0) + tf.reduce_mean(tf.square(mean - mixture_mean), axis=0)
-        return tf.concat([mixture_mean, tf.sqrt(variance)], axis=-1)
+        mixture_mean = ops.mean(mean, axis=0)
+        variance = ops.mean(ops.square(scale), axis=0) + ops.mean(ops.square(mean - mixture_mean), axis=0)
+        return ops.concatenate([mixture_mean, ops.sqrt(variance)], axis=-1)
     raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}; got output_type={output_type!r}.")
 
 
@@ -95,11 +95,11 @@ def class_probabilities(outputs, output_type="probabilities"):
         ValueError: for regression outputs, which have no classes.
     """
     check_classifier_output(output_type)
-    outputs = tf.convert_to_tensor(outputs)
+    outputs = ops.convert_to_tensor(outputs)
     if outputs.shape[-1] == 1:  # Bernoulli: p(y = 1) -> (p(0), p(1))
-        positive = tf.sigmoid(outputs) if output_type == "logits" else outputs
-        return tf.concat([1.0 - positive, positive], axis=-1)
-    return tf.nn.softmax(outputs, axis=-1) if output_type == "logits" else outputs
+        positive = ops.sigmoid(outputs) if output_type == "logits" else outputs
+        return ops.concatenate([1.0 - positive, positive], axis=-1)
+    return ops.softmax(outputs, axis=-1) if output_type == "logits" else outputs
 
 
 def gaussian_parts(heads):
@@ -135,8 +135,9 @@ class TileEnsemble(keras.layers.Layer):
 
     Example:
 
-    >>> TileEnsemble(3)(tf.constant([[1.0], [2.0]])).numpy().ravel().tolist()
-    [1.0, 2.0, 1.0, 2.0, 1.0, 2.0]
+    >>> tiled = TileEnsemble(3)(keras.ops.convert_to_tensor([[1.0], [2.0]]))
+    >>> tuple(tiled.shape), keras.ops.convert_to_numpy(tiled).ravel().tolist()
+    ((6, 1), [1.0, 2.0, 1.0, 2.0, 1.0, 2.0])
     """
 
     def __init__(self, ensemble_size, training_batch="tile", **kwargs):
@@ -192,8 +193,8 @@ class AverageMembers(keras.layers.Layer):
 
     Example:
 
-    >>> probabilities = tf.constant([[1.0, 0.0], [0.0, 1.0]])   # K=2, B=1
-    >>> AverageMembers(2)(probabilities).numpy().tolist()
+    >>> probabilities = keras.ops.convert_to_tensor([[1.0, 0.0], [0.0, 1.0]])   # K=2, B=1
+    >>> keras.ops.convert_to_numpy(AverageMembers(2)(probabilities)).tolist()
     [[0.5, 0.5]]
     """
 
@@ -240,8 +241,8 @@ class MemberAxis(keras.layers.Layer):
 
     Example:
 
-    >>> rows = tf.constant([[1.0], [2.0], [10.0], [20.0]])   # K=2 members, B=2 examples
-    >>> MemberAxis(2)(rows)[..., 0].numpy().tolist()
+    >>> rows = keras.ops.convert_to_tensor([[1.0], [2.0], [10.0], [20.0]])   # K=2 members, B=2 examples
+    >>> keras.ops.convert_to_numpy(MemberAxis(2)(rows))[..., 0].tolist()
     [[1.0, 10.0], [2.0, 20.0]]
     """
 

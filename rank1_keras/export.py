@@ -317,6 +317,7 @@ def export_for_serving(model, path, num_samples=1, seed=0, serving_input=None, t
     Returns:
         `path`.
     """
+    validation.require_tensorflow("export_for_serving", "it writes a TensorFlow SavedModel with tf.function signatures")
     validation.check_positive_int(num_samples, "num_samples")
     temperature = validation.check_positive_finite(temperature, "temperature")
     if seed is not None:

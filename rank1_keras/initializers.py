@@ -20,13 +20,9 @@ import math
 import random
 
 import keras
-import tensorflow as tf
-import tensorflow_probability as tfp
 
+from rank1_keras import distributions, validation
 from rank1_keras.random_variable import RandomVariable
-from rank1_keras import validation
-
-tfd = tfp.distributions
 
 _PACKAGE = "rank1_keras"
 
@@ -94,10 +90,11 @@ class TrainableInitializer:
 
     1. `build(layer, name, shape)` creates the parameters with
        `layer.add_weight` (once).
-    2. `distribution()` returns the current `tfp.distributions` posterior,
-       with event shape `shape`.
+    2. `distribution()` returns the current posterior (`rank1_keras.distributions`:
+       TFP's on TensorFlow), with event shape `shape`.
     3. `__call__(shape, dtype, sample_shape=(), seed=None)` returns a
-       `RandomVariable` with a fresh, reparameterised draw.
+       `RandomVariable` with a fresh, reparameterised draw (`seed`: a
+       `keras.random.SeedGenerator`, as the layer that owns the factor passes).
 
     Subclasses implement `_build_parameters` and `distribution`.
     """
@@ -151,7 +148,7 @@ class TrainableInitializer:
 class _TrainableLocationScale(TrainableInitializer):
     """A trainable location-scale family: loc free, scale = softplus(raw)."""
 
-    distribution_class = None
+    family = None  # distributions.normal or distributions.cauchy
 
     def __init__(self, loc_initializer=None, initial_scale=1e-3, seed=None):
         super().__init__()
@@ -192,13 +189,11 @@ class _TrainableLocationScale(TrainableInitializer):
 
     @property
     def scale(self):
-        return tf.nn.softplus(self.parameters["unconstrained_scale"])
+        return keras.ops.softplus(self.parameters["unconstrained_scale"])
 
     def distribution(self):
-        base = self.distribution_class(
-            loc=tf.convert_to_tensor(self.loc), scale=self.scale
-        )
-        return tfd.Independent(base, reinterpreted_batch_ndims=len(self.shape))
+        family = type(self).family
+        return family(keras.ops.convert_to_tensor(self.loc), self.scale, event_ndims=len(self.shape))
 
     def get_config(self):
         return {
@@ -228,11 +223,11 @@ class TrainableNormal(_TrainableLocationScale):
     >>> init = TrainableNormal(initial_stddev=1e-3)
     >>> init.build(layer, "alpha", (4, 8))
     >>> rv = init()             # RandomVariable, value shape (4, 8)
-    >>> rv.distribution.event_shape
-    TensorShape([4, 8])
+    >>> tuple(rv.distribution.event_shape)
+    (4, 8)
     """
 
-    distribution_class = tfd.Normal
+    family = distributions.normal
 
     def __init__(self, mean_initializer=None, initial_stddev=1e-3, seed=None):
         validation.check_positive_finite(initial_stddev, "initial_stddev")
@@ -261,7 +256,7 @@ class TrainableCauchy(_TrainableLocationScale):
         seed: seed of the default location initializer.
     """
 
-    distribution_class = tfd.Cauchy
+    family = distributions.cauchy
 
 
 _ALIASES = {

@@ -23,7 +23,7 @@ Example:
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from rank1_keras import validation
 from rank1_keras.losses import member_view, sparse_labels
@@ -34,20 +34,33 @@ _PROBABILITY_FLOOR = float(np.finfo(np.float32).tiny)
 
 
 def _average_members(y_true, y_pred, ensemble_size, from_logits=False, ignore_class=None):
-    """(N,) int labels and (N, C) member-averaged probabilities from B or K*B rows.
+    """(N,) int labels, (N, C) member-averaged probabilities and (N,) kept flags from B or K*B rows.
 
     Dense outputs (rows, d..., C) with labels (B, d...) give one entry per
-    position (N = B x positions), less those labelled `ignore_class`.
+    position (N = B x positions); those labelled `ignore_class` are not kept
+    (their label reads 0). `kept` is None without `ignore_class`: every entry counts.
     """
-    members = member_view(tf.convert_to_tensor(y_true), tf.cast(y_pred, tf.float32), ensemble_size)
-    probabilities = tf.nn.softmax(members, axis=-1) if from_logits else members
-    probabilities = tf.reduce_mean(probabilities, axis=0)  # probabilities, never logits
-    labels = tf.cast(tf.reshape(sparse_labels(tf.convert_to_tensor(y_true), probabilities), [-1]), tf.int32)
-    probabilities = tf.reshape(probabilities, tf.stack([-1, tf.shape(probabilities)[-1]]))
+    y_true = ops.convert_to_tensor(y_true)
+    members = member_view(y_true, ops.cast(y_pred, "float32"), ensemble_size)
+    probabilities = ops.softmax(members, axis=-1) if from_logits else members
+    probabilities = ops.mean(probabilities, axis=0)  # probabilities, never logits
+    labels = ops.cast(ops.reshape(sparse_labels(y_true, probabilities), [-1]), "int32")
+    probabilities = ops.reshape(probabilities, (-1, ops.shape(probabilities)[-1]))
+    kept = None
     if ignore_class is not None:
-        kept = tf.not_equal(labels, ignore_class)
-        labels, probabilities = tf.boolean_mask(labels, kept), tf.boolean_mask(probabilities, kept)
-    return labels, probabilities
+        # Flags, not a boolean mask: the entry count stays static (JAX's jit needs it).
+        kept = ops.not_equal(labels, ignore_class)
+        labels = ops.where(kept, labels, 0)
+    return labels, probabilities, kept
+
+
+def _kept_sum(values, kept):
+    """The sum of the kept entries of (N,) `values`; every entry without `kept`."""
+    return ops.sum(values if kept is None else ops.where(kept, values, ops.zeros_like(values)))
+
+
+def _kept_count(values, kept):
+    return ops.cast(ops.size(values), "float32") if kept is None else ops.sum(ops.cast(kept, "float32"))
 
 
 class _EnsembleMeanMetric(keras.metrics.Metric):
@@ -67,13 +80,15 @@ class _EnsembleMeanMetric(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         if sample_weight is not None:
             raise ValueError(f"{type(self).__name__} takes no sample_weight; got one.")
-        labels, probabilities = _average_members(y_true, y_pred, self.ensemble_size, self.from_logits, self.ignore_class)
+        labels, probabilities, kept = _average_members(
+            y_true, y_pred, self.ensemble_size, self.from_logits, self.ignore_class
+        )
         values = self.per_example(labels, probabilities)
-        self.total.assign_add(tf.reduce_sum(values))
-        self.count.assign_add(tf.cast(tf.size(values), tf.float32))
+        self.total.assign_add(_kept_sum(values, kept))
+        self.count.assign_add(_kept_count(values, kept))
 
     def result(self):
-        return tf.math.divide_no_nan(self.total, self.count)
+        return ops.divide_no_nan(self.total, self.count)
 
     def get_config(self):
         return {
@@ -92,7 +107,7 @@ class EnsembleAccuracy(_EnsembleMeanMetric):
         super().__init__(ensemble_size, name=name, dtype=dtype, **kwargs)
 
     def per_example(self, labels, probabilities):
-        return tf.cast(tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int32), labels), tf.float32)
+        return ops.cast(ops.equal(ops.cast(ops.argmax(probabilities, axis=-1), "int32"), labels), "float32")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -103,8 +118,8 @@ class EnsembleNLL(_EnsembleMeanMetric):
         super().__init__(ensemble_size, name=name, dtype=dtype, **kwargs)
 
     def per_example(self, labels, probabilities):
-        picked = tf.gather(probabilities, labels, axis=1, batch_dims=1)
-        return -tf.math.log(tf.maximum(picked, _PROBABILITY_FLOOR))
+        picked = ops.take_along_axis(probabilities, labels[:, None], axis=1)[:, 0]
+        return -ops.log(ops.maximum(picked, _PROBABILITY_FLOOR))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -115,8 +130,16 @@ class BrierScore(_EnsembleMeanMetric):
         super().__init__(ensemble_size, name=name, dtype=dtype, **kwargs)
 
     def per_example(self, labels, probabilities):
-        one_hot = tf.one_hot(labels, tf.shape(probabilities)[-1], dtype=probabilities.dtype)
-        return tf.reduce_sum(tf.square(probabilities - one_hot), axis=-1)
+        one_hot = ops.one_hot(labels, probabilities.shape[-1], dtype=probabilities.dtype)
+        return ops.sum(ops.square(probabilities - one_hot), axis=-1)
+
+
+def _inner_bin_edges(num_bins):
+    """The num_bins - 1 inner edges b/B, as float32 b * (1/B): one NumPy constant, the same on every backend.
+
+    (Bit for bit TensorFlow's linspace(0, 1, B + 1)[1:-1]: confidences on an edge keep their bins.)
+    """
+    return np.arange(1, num_bins, dtype=np.float32) * (np.float32(1.0) / np.float32(num_bins))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -140,20 +163,26 @@ class ExpectedCalibrationError(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         if sample_weight is not None:
             raise ValueError("ExpectedCalibrationError takes no sample_weight; got one.")
-        labels, probabilities = _average_members(y_true, y_pred, self.ensemble_size, self.from_logits, self.ignore_class)
-        confidences = tf.reduce_max(probabilities, axis=-1)
-        correct = tf.cast(tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int32), labels), tf.float32)
+        labels, probabilities, kept = _average_members(
+            y_true, y_pred, self.ensemble_size, self.from_logits, self.ignore_class
+        )
+        confidences = ops.max(probabilities, axis=-1)
+        correct = ops.cast(ops.equal(ops.cast(ops.argmax(probabilities, axis=-1), "int32"), labels), "float32")
+        ones = ops.ones_like(confidences)
+        if kept is not None:  # an ignored entry adds 0 to its bin's count and sums
+            zeros = ops.zeros_like(confidences)
+            ones, correct, confidences = (ops.where(kept, value, zeros) for value in (ones, correct, confidences))
         # Bin b holds (b/B, (b+1)/B]: the count of inner edges strictly below the confidence.
-        edges = tf.linspace(0.0, 1.0, self.num_bins + 1)[1:-1]
-        bins = tf.reduce_sum(tf.cast(edges[None, :] < confidences[:, None], tf.int32), axis=-1)
-        self.counts.assign_add(tf.math.bincount(bins, minlength=self.num_bins, maxlength=self.num_bins, dtype=tf.float32))
-        self.correct_sums.assign_add(tf.math.unsorted_segment_sum(correct, bins, self.num_bins))
-        self.confidence_sums.assign_add(tf.math.unsorted_segment_sum(confidences, bins, self.num_bins))
+        edges = ops.convert_to_tensor(_inner_bin_edges(self.num_bins))
+        bins = ops.sum(ops.cast(ops.less(edges[None, :], confidences[:, None]), "int32"), axis=-1)
+        self.counts.assign_add(ops.segment_sum(ones, bins, num_segments=self.num_bins))
+        self.correct_sums.assign_add(ops.segment_sum(correct, bins, num_segments=self.num_bins))
+        self.confidence_sums.assign_add(ops.segment_sum(confidences, bins, num_segments=self.num_bins))
 
     def result(self):
-        total = tf.reduce_sum(self.counts)
-        gaps = tf.abs(self.correct_sums - self.confidence_sums)  # n_b |acc_b - conf_b|
-        return tf.math.divide_no_nan(tf.reduce_sum(gaps), total)
+        total = ops.sum(self.counts)
+        gaps = ops.abs(self.correct_sums - self.confidence_sums)  # n_b |acc_b - conf_b|
+        return ops.divide_no_nan(ops.sum(gaps), total)
 
     def get_config(self):
         return {

@@ -24,9 +24,11 @@ import math
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 from keras.src.backend import get_keras_mask  # Keras' own losses read masks the same way
 from keras.src.losses.loss import reduce_weighted_values
+from keras.src.utils.backend_utils import in_tf_graph
+from keras.src.utils.jax_utils import is_in_jax_tracing_scope
 
 from rank1_keras import validation
 from rank1_keras.ensemble import gaussian_parts
@@ -35,7 +37,30 @@ _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def _static_rows(tensor):
-    return tensor.shape[0] if tensor.shape.rank else None
+    return tensor.shape[0] if len(tensor.shape) else None
+
+
+def _stop_unless(condition, message, values, tensor):
+    """`tensor`, once the boolean scalar `condition` holds; else the step stops with `message` and `values()`.
+
+    Known values (eager TensorFlow, PyTorch, JAX outside `jit`): a ValueError
+    right here, on every backend. A traced TensorFlow step (`tf.function`)
+    keeps TensorFlow's in-graph assertion, an InvalidArgumentError when the
+    step runs: its values are unknown while it is traced and keras.ops has no
+    run-time assertion. Under JAX's `jit` nothing can raise (nor under XLA,
+    which drops assertions): callers then make the bad values' losses NaN.
+    """
+    if keras.backend.backend() == "tensorflow" and in_tf_graph():
+        import tensorflow as tf  # the one TensorFlow-only step: an assertion inside the graph
+
+        check = tf.debugging.Assert(condition, [message, *values()])
+        with tf.control_dependencies([check]):
+            return tf.identity(tensor)
+    if is_in_jax_tracing_scope(condition):
+        return tensor
+    if not bool(ops.convert_to_numpy(condition)):
+        raise ValueError(" ".join([message, *(str(ops.convert_to_numpy(value)) for value in values())]))
+    return tensor
 
 
 def member_view(y_true, y_pred, ensemble_size):
@@ -53,42 +78,38 @@ def member_view(y_true, y_pred, ensemble_size):
                 f"shape {tuple(y_pred.shape)}."
             )
         members = prediction_rows // label_rows
-    else:
-        label_rows, prediction_rows = tf.shape(y_true)[0], tf.shape(y_pred)[0]
-        check = tf.debugging.Assert(
-            tf.logical_or(
-                tf.equal(prediction_rows, label_rows), tf.equal(prediction_rows, ensemble_size * label_rows)
+    else:  # row counts known only when a traced TensorFlow step runs
+        label_rows, prediction_rows = ops.shape(y_true)[0], ops.shape(y_pred)[0]
+        members = _stop_unless(
+            ops.logical_or(
+                ops.equal(prediction_rows, label_rows), ops.equal(prediction_rows, ensemble_size * label_rows)
             ),
-            [
-                f"y_pred must have B rows (one per label) or ensemble_size*B rows "
-                f"(ensemble_size={ensemble_size}, block order); got y_pred rows:",
-                prediction_rows,
-                "y_true rows:",
-                label_rows,
-            ],
+            f"y_pred must have B rows (one per label) or ensemble_size*B rows "
+            f"(ensemble_size={ensemble_size}, block order); got y_pred rows:",
+            lambda: [prediction_rows, "y_true rows:", label_rows],
+            prediction_rows // label_rows,
         )
-        with tf.control_dependencies([check]):
-            members = prediction_rows // label_rows
-    return tf.reshape(y_pred, tf.concat([[members, label_rows], tf.shape(y_pred)[1:]], axis=0))
+    return ops.reshape(y_pred, (members, label_rows) + tuple(ops.shape(y_pred)[1:]))
 
 
 def _safe_log(probabilities):
     # A zero probability gives a large finite loss instead of inf. `where` on
     # an equality leaves NaN in place on every CPU (min/max need not).
-    tiny = np.finfo(probabilities.dtype.as_numpy_dtype).tiny
-    return tf.math.log(tf.where(tf.equal(probabilities, 0.0), tf.cast(tiny, probabilities.dtype), probabilities))
+    dtype = keras.backend.standardize_dtype(probabilities.dtype)
+    tiny = ops.convert_to_tensor(np.finfo(dtype).tiny, dtype)
+    return ops.log(ops.where(ops.equal(probabilities, 0.0), tiny, probabilities))
 
 
 def sparse_labels(y_true, y_pred):
     """Integer labels (B, d...) from sparse or one-hot `y_true`, for predictions (R, d..., C)."""
     num_classes = y_pred.shape[-1]
-    label_rank, prediction_rank = y_true.shape.rank, y_pred.shape.rank
+    label_rank, prediction_rank = len(y_true.shape), len(y_pred.shape)
     if label_rank == prediction_rank - 1:
         return y_true
     if label_rank == prediction_rank and y_true.shape[-1] == 1 and num_classes != 1:
-        return tf.squeeze(y_true, axis=-1)
+        return ops.squeeze(y_true, axis=-1)
     if label_rank == prediction_rank and y_true.shape[-1] == num_classes:
-        return tf.argmax(y_true, axis=-1)  # one-hot rows
+        return ops.argmax(y_true, axis=-1)  # one-hot rows
     raise ValueError(
         f"y_true must hold class indices of shape (B{', d...' if prediction_rank > 2 else ''}) or one-hot "
         f"rows with {num_classes} classes (the last axis of y_pred, shape {tuple(y_pred.shape)}); got y_true of "
@@ -108,33 +129,41 @@ def class_log_likelihood(y_true, members, from_logits=False, ignore_class=None):
 
     Returns:
         (log_likelihood, valid): valid is None without `ignore_class`.
+
+    Raises:
+        ValueError: for a class index outside [0, C) (not `ignore_class`)
+            when the labels' values are known; a traced TensorFlow step stops
+            with the same message; under JAX's jit or XLA its loss is NaN.
     """
     num_classes = members.shape[-1]
     if num_classes is None:
         raise ValueError(f"y_pred needs a known last (class) axis; got shape {tuple(members.shape[1:])}.")
     if num_classes == 1:  # a Bernoulli head: p(y=1) on one unit
-        labels = tf.reshape(tf.cast(y_true, members.dtype), tf.shape(members)[1:])
+        labels = ops.reshape(ops.cast(y_true, members.dtype), tuple(ops.shape(members)[1:]))
         if from_logits:
-            log_likelihood = -tf.nn.sigmoid_cross_entropy_with_logits(tf.broadcast_to(labels, tf.shape(members)), members)
+            # log p(y) = -(the sigmoid cross-entropy of the logits), the stable form.
+            labels = ops.broadcast_to(labels, ops.shape(members))
+            log_likelihood = -ops.binary_crossentropy(labels, members, from_logits=True)
         else:
             log_likelihood = labels * _safe_log(members) + (1.0 - labels) * _safe_log(1.0 - members)
-        return tf.squeeze(log_likelihood, axis=-1), None
-    labels = tf.cast(sparse_labels(y_true, members[0]), tf.int32)
+        return ops.squeeze(log_likelihood, axis=-1), None
+    labels = ops.cast(sparse_labels(y_true, members[0]), "int32")
     valid = None
     if ignore_class is not None:
-        valid = tf.not_equal(labels, ignore_class)
-        labels = tf.where(valid, labels, 0)
-    in_range = tf.reduce_all(tf.logical_and(labels >= 0, labels < num_classes))
-    check = tf.debugging.Assert(
-        in_range,
-        [f"y_true holds a class index outside [0, {num_classes}) (the last axis of y_pred); min and max:",
-         tf.reduce_min(labels), tf.reduce_max(labels)],
+        valid = ops.not_equal(labels, ignore_class)
+        labels = ops.where(valid, labels, 0)
+    in_range = ops.logical_and(labels >= 0, labels < num_classes)
+    labels = _stop_unless(
+        ops.all(in_range),
+        f"y_true holds a class index outside [0, {num_classes}) (the last axis of y_pred); min and max:",
+        lambda: [ops.min(labels), ops.max(labels)],
+        labels,
     )
-    with tf.control_dependencies([check]):
-        labels = tf.identity(labels)
-    log_probabilities = tf.nn.log_softmax(members, axis=-1) if from_logits else _safe_log(members)
-    one_hot = tf.one_hot(labels, num_classes, dtype=log_probabilities.dtype)
-    return tf.reduce_sum(one_hot[None] * log_probabilities, axis=-1), valid
+    log_probabilities = ops.log_softmax(members, axis=-1) if from_logits else _safe_log(members)
+    one_hot = ops.one_hot(labels, num_classes, dtype=log_probabilities.dtype)
+    log_likelihood = ops.sum(one_hot[None] * log_probabilities, axis=-1)
+    # Where no check can stop the step (JAX's jit, XLA), a bad label's loss is NaN, not a silent 0.
+    return ops.where(in_range[None], log_likelihood, np.nan), valid
 
 
 def gaussian_log_likelihood(y_true, members):
@@ -146,16 +175,16 @@ def gaussian_log_likelihood(y_true, members):
     """
     mean, scale = gaussian_parts(members)
     outputs = mean.shape[-1]
-    y_true = tf.cast(y_true, members.dtype)
-    if y_true.shape.rank == members.shape.rank - 2 and outputs == 1:
+    y_true = ops.cast(y_true, members.dtype)
+    if len(y_true.shape) == len(members.shape) - 2 and outputs == 1:
         y_true = y_true[..., None]
-    if y_true.shape.rank != members.shape.rank - 1 or y_true.shape[-1] not in (None, outputs):
+    if len(y_true.shape) != len(members.shape) - 1 or y_true.shape[-1] not in (None, outputs):
         raise ValueError(
             f"y_true must have shape (B, ..., {outputs}) for a Gaussian head of {outputs} output(s) "
             f"(y_pred's last axis is 2*{outputs}); got y_true of shape {tuple(y_true.shape)}."
         )
     standardized = (y_true[None] - mean) / scale
-    return tf.reduce_sum(-_HALF_LOG_TWO_PI - tf.math.log(scale) - 0.5 * tf.square(standardized), axis=-1)
+    return ops.sum(-_HALF_LOG_TWO_PI - ops.log(scale) - 0.5 * ops.square(standardized), axis=-1)
 
 
 class _EnsembleLoss(keras.losses.Loss):
@@ -176,16 +205,16 @@ class _EnsembleLoss(keras.losses.Loss):
         raise NotImplementedError
 
     def _losses(self, y_true, y_pred):
-        y_pred = tf.convert_to_tensor(y_pred)
-        y_true = tf.convert_to_tensor(y_true)
+        y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.convert_to_tensor(y_true)
         log_likelihood, valid = self._log_likelihood(y_true, member_view(y_true, y_pred, self.ensemble_size))
         if self.mixture:
-            members = tf.cast(tf.shape(log_likelihood)[0], log_likelihood.dtype)
-            losses = -(tf.reduce_logsumexp(log_likelihood, axis=0) - tf.math.log(members))
+            members = ops.cast(ops.shape(log_likelihood)[0], log_likelihood.dtype)
+            losses = -(ops.logsumexp(log_likelihood, axis=0) - ops.log(members))
         else:
-            losses = -tf.reduce_mean(log_likelihood, axis=0)
+            losses = -ops.mean(log_likelihood, axis=0)
         if valid is not None:
-            losses = tf.where(valid, losses, tf.zeros_like(losses))
+            losses = ops.where(valid, losses, ops.zeros_like(losses))
         return losses, valid
 
     def call(self, y_true, y_pred):
@@ -195,13 +224,13 @@ class _EnsembleLoss(keras.losses.Loss):
         # Members share their example's mask: the first block of a (K*B, ...)
         # prediction mask is the plain batch's.
         prediction_mask = get_keras_mask(y_pred)
-        with tf.name_scope(self.name):
+        with keras.name_scope(self.name):
             losses, valid = self._losses(y_true, y_pred)
             mask = valid
             if prediction_mask is not None:
-                prediction_mask = member_view(y_true, prediction_mask, self.ensemble_size)[0]
-                prediction_mask = tf.reshape(tf.cast(prediction_mask, tf.bool), tf.shape(losses))
-                mask = prediction_mask if mask is None else tf.logical_and(mask, prediction_mask)
+                prediction_mask = member_view(ops.convert_to_tensor(y_true), prediction_mask, self.ensemble_size)[0]
+                prediction_mask = ops.reshape(ops.cast(prediction_mask, "bool"), ops.shape(losses))
+                mask = prediction_mask if mask is None else ops.logical_and(mask, prediction_mask)
             return reduce_weighted_values(
                 losses, sample_weight=sample_weight, mask=mask, reduction=self.reduction, dtype=self.dtype
             )
@@ -238,7 +267,7 @@ class AverageNLL(_ClassificationLoss):
     Example:
 
     >>> loss = AverageNLL(ensemble_size=2)
-    >>> probabilities = tf.constant([[0.5, 0.5], [0.25, 0.75]])   # K=2, B=1
+    >>> probabilities = keras.ops.convert_to_tensor([[0.5, 0.5], [0.25, 0.75]])   # K=2, B=1
     >>> round(float(loss([1], probabilities)), 4)    # -(log .5 + log .75)/2
     0.4904
     """
@@ -254,7 +283,7 @@ class MixtureNLL(_ClassificationLoss):
     Example:
 
     >>> loss = MixtureNLL(ensemble_size=2)
-    >>> probabilities = tf.constant([[0.5, 0.5], [0.25, 0.75]])   # K=2, B=1
+    >>> probabilities = keras.ops.convert_to_tensor([[0.5, 0.5], [0.25, 0.75]])   # K=2, B=1
     >>> round(float(loss([1], probabilities)), 4)    # -log((.5 + .75)/2)
     0.47
     """
@@ -281,7 +310,7 @@ class AverageGaussianNLL(_GaussianLoss):
     Example:
 
     >>> loss = AverageGaussianNLL(ensemble_size=2)
-    >>> heads = tf.constant([[0.0, 1.0], [2.0, 1.0]])   # K=2, B=1: (mean, scale)
+    >>> heads = keras.ops.convert_to_tensor([[0.0, 1.0], [2.0, 1.0]])   # K=2, B=1: (mean, scale)
     >>> round(float(loss([[0.0]], heads)), 4)     # 0.9189 + (0 + 2)/2
     1.9189
     """
@@ -297,7 +326,7 @@ class MixtureGaussianNLL(_GaussianLoss):
     Example:
 
     >>> loss = MixtureGaussianNLL(ensemble_size=2)
-    >>> heads = tf.constant([[0.0, 1.0], [2.0, 1.0]])
+    >>> heads = keras.ops.convert_to_tensor([[0.0, 1.0], [2.0, 1.0]])
     >>> round(float(loss([[0.0]], heads)), 4)     # -log((N(0;0,1) + N(0;2,1)) / 2)
     1.4852
     """
@@ -318,7 +347,7 @@ class MemberMeanSquaredError(_EnsembleLoss):
     Example:
 
     >>> loss = MemberMeanSquaredError(ensemble_size=2)
-    >>> round(float(loss([[1.0]], tf.constant([[0.0], [3.0]]))), 4)   # (1 + 4) / 2
+    >>> round(float(loss([[1.0]], keras.ops.convert_to_tensor([[0.0], [3.0]]))), 4)   # (1 + 4) / 2
     2.5
     """
 
@@ -326,13 +355,13 @@ class MemberMeanSquaredError(_EnsembleLoss):
         super().__init__(ensemble_size, name=name, **kwargs)
 
     def _log_likelihood(self, y_true, members):
-        y_true = tf.cast(y_true, members.dtype)
-        if y_true.shape.rank == members.shape.rank - 2 and members.shape[-1] == 1:
+        y_true = ops.cast(y_true, members.dtype)
+        if len(y_true.shape) == len(members.shape) - 2 and members.shape[-1] == 1:
             y_true = y_true[..., None]
-        if y_true.shape.rank != members.shape.rank - 1 or y_true.shape[-1] not in (None, members.shape[-1]):
+        if len(y_true.shape) != len(members.shape) - 1 or y_true.shape[-1] not in (None, members.shape[-1]):
             raise ValueError(
                 f"y_true must have shape (B, ..., {members.shape[-1]}) like one member's prediction; got y_true "
                 f"of shape {tuple(y_true.shape)}."
             )
         # "log-likelihood" up to constants: minus the squared error, so the average reduction is the MSE.
-        return -tf.reduce_mean(tf.square(y_true[None] - members), axis=-1), None
+        return -ops.mean(ops.square(y_true[None] - members), axis=-1), None

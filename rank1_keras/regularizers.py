@@ -11,15 +11,13 @@ what the rank-1 objective adds per layer (Dusenberry et al., 2020).
 loss per example is NLL + KL / N.
 """
 
+import math
 
 import keras
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops
 
-from rank1_keras import validation
+from rank1_keras import distributions, validation
 from rank1_keras.random_variable import RandomVariable
-
-tfd = tfp.distributions
 
 _PACKAGE = "rank1_keras"
 
@@ -45,14 +43,11 @@ class KLDivergenceRegularizer(keras.regularizers.Regularizer):
     def kl_divergence(self, random_variable):
         raise NotImplementedError
 
-    def _prior(self, distribution_class, event_shape, dtype, **parameters):
-        broadcast = {
-            key: tf.broadcast_to(tf.cast(value, dtype), event_shape)
-            for key, value in parameters.items()
-        }
-        return tfd.Independent(
-            distribution_class(**broadcast), reinterpreted_batch_ndims=len(event_shape)
-        )
+    def _prior(self, family, event_shape, dtype, **parameters):
+        """`family` (distributions.normal, .cauchy) with `parameters` broadcast to `event_shape`."""
+        broadcast = {key: ops.broadcast_to(ops.cast(value, dtype), tuple(event_shape))
+                     for key, value in parameters.items()}
+        return family(**broadcast, event_ndims=len(event_shape))
 
 
 def _monte_carlo_kl(random_variable, prior):
@@ -63,7 +58,7 @@ def _monte_carlo_kl(random_variable, prior):
     """
     z = random_variable.value
     log_ratio = random_variable.distribution.log_prob(z) - prior.log_prob(z)
-    return tf.reduce_mean(log_ratio)
+    return ops.mean(log_ratio)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -91,15 +86,11 @@ class NormalKLDivergence(KLDivergenceRegularizer):
     def kl_divergence(self, random_variable):
         posterior = random_variable.distribution
         prior = self._prior(
-            tfd.Normal,
-            posterior.event_shape,
-            posterior.dtype,
-            loc=self.mean,
-            scale=self.stddev,
+            distributions.normal, posterior.event_shape, posterior.dtype, loc=self.mean, scale=self.stddev
         )
         try:
             # Summed, so a hand-made RandomVariable with a batch shape also gives a scalar.
-            return tf.reduce_sum(tfd.kl_divergence(posterior, prior))
+            return ops.sum(distributions.kl_divergence(posterior, prior))
         except NotImplementedError as error:
             raise ValueError(
                 f"NormalKLDivergence has a closed form only for a Normal posterior; "
@@ -133,7 +124,7 @@ class CauchyKLDivergence(KLDivergenceRegularizer):
     def kl_divergence(self, random_variable):
         posterior = random_variable.distribution
         prior = self._prior(
-            tfd.Cauchy, posterior.event_shape, posterior.dtype, loc=self.loc, scale=self.scale
+            distributions.cauchy, posterior.event_shape, posterior.dtype, loc=self.loc, scale=self.scale
         )
         return _monte_carlo_kl(random_variable, prior)
 
@@ -183,10 +174,8 @@ class HierarchicalNormalKLDivergence(KLDivergenceRegularizer):
     def prior_variance(self, random_variable):
         """The MAP prior variance v* for the given posterior."""
         posterior = random_variable.distribution
-        squared_deviation = tf.reduce_sum(
-            posterior.variance() + tf.square(posterior.mean() - self.mean)
-        )
-        num_entries = tf.cast(tf.reduce_prod(posterior.event_shape_tensor()), posterior.dtype)
+        squared_deviation = ops.sum(posterior.variance() + ops.square(posterior.mean() - self.mean))
+        num_entries = float(math.prod(tuple(posterior.event_shape)))
         return (squared_deviation + 2.0 * self.variance_scale) / (
             num_entries + 2.0 * self.variance_concentration + 2.0
         )
@@ -195,17 +184,12 @@ class HierarchicalNormalKLDivergence(KLDivergenceRegularizer):
         posterior = random_variable.distribution
         variance = self.prior_variance(random_variable)
         prior = self._prior(
-            tfd.Normal,
-            posterior.event_shape,
-            posterior.dtype,
-            loc=self.mean,
-            scale=tf.sqrt(variance),
+            distributions.normal, posterior.event_shape, posterior.dtype, loc=self.mean, scale=ops.sqrt(variance)
         )
-        hyperprior = tfd.InverseGamma(
-            tf.cast(self.variance_concentration, posterior.dtype),
-            tf.cast(self.variance_scale, posterior.dtype),
+        hyperprior = distributions.inverse_gamma(
+            ops.cast(self.variance_concentration, posterior.dtype), ops.cast(self.variance_scale, posterior.dtype)
         )
-        return tfd.kl_divergence(posterior, prior) - hyperprior.log_prob(variance)
+        return distributions.kl_divergence(posterior, prior) - hyperprior.log_prob(variance)
 
     def get_config(self):
         return {

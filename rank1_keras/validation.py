@@ -138,3 +138,18 @@ def check_corruption(corruption, severity, corruptions, severities):
     if isinstance(severity, bool) or not isinstance(severity, numbers.Integral) or int(severity) not in severities:
         raise ValueError(f"severity must be one of {list(severities)}; got severity={severity!r}.")
     return corruption, int(severity)
+
+
+def require_tensorflow(feature, reason):
+    """Raises one clear error when `feature` (TensorFlow-only) is used under another Keras backend.
+
+    Example:
+
+    >>> require_tensorflow("export_for_serving", "it writes a TensorFlow SavedModel")  # on TensorFlow: nothing
+    """
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            f"{feature} runs on the TensorFlow backend only ({reason}); this process runs Keras on {backend}. "
+            "Run it with KERAS_BACKEND=tensorflow."
+        )

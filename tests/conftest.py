@@ -15,3 +15,20 @@ def _seed():
 # The edward2 reference script runs in a subprocess under TF_USE_LEGACY_KERAS=1;
 # importing it here (doctest collection) would switch tf.keras to Keras 2.
 collect_ignore = ["edward2_reference.py"]
+
+
+BACKEND = keras.backend.backend()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keeps the tests that run on this Keras backend: a module's `backends(...)` marker
+    (unmarked: TensorFlow only). The others are deselected, not skipped: nothing counts as
+    passing that did not run."""
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("backends")
+        backends = marker.args if marker is not None else ("tensorflow",)
+        (kept if BACKEND in backends else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept

@@ -108,7 +108,14 @@ def perturb_original(model, seed=0):
             assign(layer.gamma, rng.uniform(0.6, 1.2, size=shape))
             assign(layer.beta, rng.normal(scale=0.1, size=shape))
         elif isinstance(layer, keras.layers.LSTM):
+            # Kernels drawn here, not by Keras' initializers, whose draws differ per backend: the
+            # same LSTM on every backend (its glorot-uniform and orthogonal initial distributions).
             cell = layer.cell
+            fan_in, fan_out = cell.kernel.shape
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            assign(cell.kernel, rng.uniform(-limit, limit, size=cell.kernel.shape))
+            q, r = np.linalg.qr(rng.normal(size=cell.recurrent_kernel.shape[::-1]))
+            assign(cell.recurrent_kernel, (q * np.sign(np.diag(r))).T)
             assign(cell.bias, cell.bias.numpy() + rng.normal(scale=0.3, size=cell.bias.shape))
         elif getattr(layer, "use_bias", False) and getattr(layer, "bias", None) is not None:
             assign(layer.bias, rng.normal(scale=0.1, size=layer.bias.shape))

@@ -11,7 +11,6 @@ import math
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import rank1_keras as r1
 from rank1_keras.bella import particle_variables, to_bella, trainable_fraction
@@ -22,13 +21,14 @@ from rank1_keras.layers import (
 )
 from rank1_keras.layers.low_rank import low_rank_layers
 from rank1_keras.models import small_cnn
+from tests.backend_utils import numpy
 
 PARTICLES = 3
 EXAMPLES = 2  # per particle
 
 
 def _max_error(actual, expected):
-    return float(np.max(np.abs(np.asarray(actual, np.float64) - np.asarray(expected, np.float64))))
+    return float(np.max(np.abs(numpy(actual).astype(np.float64) - numpy(expected).astype(np.float64))))
 
 
 def _assign_random(layer, rng):
@@ -88,6 +88,7 @@ def _conv_numpy(inputs, kernel, strides, padding, dilation):
 # -- the layers against NumPy ------------------------------------------------------
 
 
+@pytest.mark.backends("tensorflow", "jax", "torch")  # the layers alone: every backend
 @pytest.mark.parametrize("input_shape", [(5,), (2, 5)])
 def test_dense_matches_numpy(input_shape):
     rng = np.random.default_rng(0)
@@ -95,7 +96,7 @@ def test_dense_matches_numpy(input_shape):
     inputs = rng.normal(size=(PARTICLES * EXAMPLES, *input_shape)).astype(np.float32)
     layer(inputs)
     values = _assign_random(layer, rng)
-    outputs = layer(inputs).numpy()
+    outputs = numpy(layer(inputs))
     assert layer.perturbation_factor == 1.5
     for k, kernel in enumerate(_particle_kernels(values, 1.5)):
         rows = slice(k * EXAMPLES, (k + 1) * EXAMPLES)
@@ -103,6 +104,7 @@ def test_dense_matches_numpy(input_shape):
         assert _max_error(outputs[rows], expected) < 1e-5
 
 
+@pytest.mark.backends("tensorflow", "jax", "torch")  # the layers alone: every backend
 @pytest.mark.parametrize(
     "strides, padding, dilation",
     [(2, "same", 1), (2, "valid", 1), (1, "valid", 2), (1, "same", 2)],
@@ -115,7 +117,7 @@ def test_conv2d_matches_numpy(strides, padding, dilation):
     inputs = rng.normal(size=(PARTICLES * EXAMPLES, 9, 8, 3)).astype(np.float32)
     layer(inputs)
     values = _assign_random(layer, rng)
-    outputs = layer(inputs).numpy()
+    outputs = numpy(layer(inputs))
     assert outputs.shape == layer.compute_output_shape(inputs.shape)
     for k, kernel in enumerate(_particle_kernels(values, 1.0)):
         rows = slice(k * EXAMPLES, (k + 1) * EXAMPLES)
@@ -123,6 +125,7 @@ def test_conv2d_matches_numpy(strides, padding, dilation):
         assert _max_error(outputs[rows], expected) < 1e-5
 
 
+@pytest.mark.backends("tensorflow", "jax", "torch")  # the layers alone: every backend
 @pytest.mark.parametrize("padding", ["causal", "same"])
 def test_conv1d_matches_numpy(padding):
     rng = np.random.default_rng(2)
@@ -130,27 +133,28 @@ def test_conv1d_matches_numpy(padding):
     inputs = rng.normal(size=(PARTICLES * EXAMPLES, 10, 3)).astype(np.float32)
     layer(inputs)
     values = _assign_random(layer, rng)
-    outputs = layer(inputs).numpy()
+    outputs = numpy(layer(inputs))
     for k, kernel in enumerate(_particle_kernels(values, 1.0)):
         rows = slice(k * EXAMPLES, (k + 1) * EXAMPLES)
         expected = _conv_numpy(inputs[rows].astype(np.float64), kernel, 1, padding, 2) + values["bias"]
         assert _max_error(outputs[rows], expected) < 1e-5
 
 
+@pytest.mark.backends("tensorflow", "jax", "torch")  # the layers alone: every backend
 def test_initial_factors_and_variable_roles():
     layer = Conv2DLowRankEnsemble(6, 3, ensemble_size=PARTICLES, rank=4, seed=3)
-    layer(tf.zeros((PARTICLES, 5, 5, 2)))
+    layer(np.zeros((PARTICLES, 5, 5, 2), np.float32))
     input_factor, output_factor = layer.perturbation_variables
     assert input_factor is layer.input_factor and output_factor is layer.output_factor
     assert [v.trainable for v in layer.weights if v is layer.kernel or v is layer.bias] == [False, False]
     assert {id(v) for v in layer.trainable_weights} == {id(input_factor), id(output_factor)}
-    assert not np.any(output_factor.numpy())  # every particle starts at W0
-    values = input_factor.numpy()
+    assert not np.any(numpy(output_factor))  # every particle starts at W0
+    values = numpy(input_factor)
     assert np.max(np.abs(values)) <= 1.0 / math.sqrt(3 * 3 * 2)  # LoRA's Kaiming-uniform bound
     assert not np.allclose(values[0], values[1])  # particles differ through A
     again = Conv2DLowRankEnsemble(6, 3, ensemble_size=PARTICLES, rank=4, seed=3)
-    again(tf.zeros((PARTICLES, 5, 5, 2)))
-    np.testing.assert_array_equal(again.input_factor.numpy(), values)  # the seed fixes A
+    again(np.zeros((PARTICLES, 5, 5, 2), np.float32))
+    np.testing.assert_array_equal(numpy(again.input_factor), values)  # the seed fixes A
 
 
 # -- conversion ------------------------------------------------------------------
@@ -279,6 +283,7 @@ def test_prediction_averages_probabilities():
 # -- serialisation -------------------------------------------------------------------
 
 
+@pytest.mark.backends("tensorflow", "jax", "torch")  # the layers alone: every backend
 @pytest.mark.parametrize(
     "layer, input_shape",
     [
@@ -352,6 +357,7 @@ def test_bad_arguments(build, argument):
         build()
 
 
+@pytest.mark.backends("tensorflow", "jax", "torch")  # the layers alone: every backend
 def test_fewer_rows_than_particles_go_to_the_first_particles():
     # Row i belongs to particle floor(i K / R): 2 rows, 3 particles -> particles 0 and 1.
     layer = DenseLowRankEnsemble(4, ensemble_size=PARTICLES, use_bias=False)
@@ -359,6 +365,7 @@ def test_fewer_rows_than_particles_go_to_the_first_particles():
     rng = np.random.default_rng(0)
     layer.output_factor.assign(rng.normal(size=layer.output_factor.shape).astype("float32"))
     x = rng.normal(size=(2, 2)).astype("float32")
-    kernels = [layer.kernel.numpy() + layer.input_factor.numpy()[k] @ layer.output_factor.numpy()[k] for k in range(2)]
+    kernel, input_factor, output_factor = (numpy(v) for v in (layer.kernel, layer.input_factor, layer.output_factor))
+    kernels = [kernel + input_factor[k] @ output_factor[k] for k in range(2)]
     expected = np.stack([x[0] @ kernels[0], x[1] @ kernels[1]])
-    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(numpy(layer(x)), expected, rtol=1e-5, atol=1e-6)

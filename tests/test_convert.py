@@ -13,13 +13,18 @@ import sys
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import rank1_keras as r1
+from rank1_keras.convert import methods as convert_methods
 from rank1_keras.data import load_fashion_mnist
 from rank1_keras.layers.dropout import MCDropout
 from rank1_keras.layers.normalization import EnsembleBatchNormalization
 from tests import convert_models as cm
+from tests.backend_utils import numpy
+
+# Every backend; TensorFlow only: the SavedModel exports (marked per test below).
+pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
+TENSORFLOW_ONLY = pytest.mark.backends("tensorflow")
 
 METHODS = ("batchensemble", "rank1", "dropout")
 ENSEMBLE_SIZE = 3  # small models
@@ -32,7 +37,7 @@ def _ensemble_size(name):
 
 
 def _max_error(actual, expected):
-    return float(np.max(np.abs(np.asarray(actual, np.float64) - np.asarray(expected, np.float64))))
+    return float(np.max(np.abs(numpy(actual).astype(np.float64) - numpy(expected).astype(np.float64))))
 
 
 def _core(converted):
@@ -83,7 +88,7 @@ def resnet_exports(request, tmp_path_factory):
         cwd=root,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"},
     )
     yield process, out_dir
     if process.poll() is None:
@@ -112,15 +117,15 @@ def test_converted_model_at_unit_factors_reproduces_the_original(
     original = originals(name)
     converted = _converted_at_one(originals, resnet_conversions, name, method, batch_norm)
     x = cm.inputs_for(name)
-    expected = original(x, training=False).numpy()
+    expected = numpy(original(x, training=False))
 
-    error = _max_error(converted(x, training=False).numpy(), expected)
+    error = _max_error(numpy(converted(x, training=False)), expected)
     print(f"\n[equivalence] {name:15s} {method:13s} batch_norm={batch_norm:10s} max abs error {error:.2e}")
     assert error <= TOLERANCE
 
     if name != "resnet50":  # (one more ResNet-50 pass would add little but time)
         # Every member on its own reproduces the original too (members on axis 1).
-        members = r1.member_outputs(converted)(x, training=False).numpy()
+        members = numpy(r1.member_outputs(converted)(x, training=False))
         assert members.shape[:2] == (len(x), ENSEMBLE_SIZE)
         for k in range(ENSEMBLE_SIZE):
             assert _max_error(members[:, k], expected) <= TOLERANCE
@@ -142,8 +147,8 @@ def test_masked_lstm_conversion_honours_the_mask(originals, method):
     original = originals("lstm")
     x = cm.inputs_for("lstm")
     # The same layers run eagerly without the Masking layer see the padding.
-    unmasked = original.get_layer("head")(original.get_layer("hidden")(original.get_layer("lstm")(x))).numpy()
-    masked = original(x, training=False).numpy()
+    unmasked = numpy(original.get_layer("head")(original.get_layer("hidden")(original.get_layer("lstm")(x))))
+    masked = numpy(original(x, training=False))
     assert _max_error(unmasked[0], masked[0]) <= 1e-6  # full length: nothing to mask
     assert _max_error(unmasked[1], masked[1]) > 1e-3  # padded: the mask changes the answer
     converted = cm.convert_at_one(original, method, ENSEMBLE_SIZE)
@@ -160,7 +165,7 @@ def test_converted_sequence_model_keeps_the_output_mask(method):
     original = cm.build("lstm_sequences")  # a private copy: compiled below
     x = cm.inputs_for("lstm_sequences")
     y = np.random.default_rng(0).integers(0, 3, size=x.shape[:2])
-    probabilities = original(x, training=False).numpy().astype(np.float64)
+    probabilities = numpy(original(x, training=False)).astype(np.float64)
     nll = -np.log(np.take_along_axis(probabilities, y[..., None], -1))[..., 0]
     valid = np.any(x != 0, axis=-1)
     expected = nll[valid].mean()
@@ -349,9 +354,9 @@ def test_conversion_of_a_trained_model_starts_from_its_weights(fashion):
         core = _core(converted)
         for name in ("conv_a", "conv_b", "head"):
             source, target = original.get_layer(name), core.get_layer(name)
-            np.testing.assert_array_equal(target.kernel.numpy(), source.kernel.numpy())
-            bias = target.member_factors["bias"].variable.numpy()
-            np.testing.assert_array_equal(bias, np.stack([source.bias.numpy()] * 2))
+            np.testing.assert_array_equal(numpy(target.kernel), numpy(source.kernel))
+            bias = numpy(target.member_factors["bias"].variable)
+            np.testing.assert_array_equal(bias, np.stack([numpy(source.bias)] * 2))
         # The kernels are copies, not the original's variables: training one leaves the other.
         assert core.get_layer("conv_a").kernel is not original.get_layer("conv_a").kernel
     # BatchEnsemble at unit factors (asked for) predicts exactly what the trained original does.
@@ -359,6 +364,29 @@ def test_conversion_of_a_trained_model_starts_from_its_weights(fashion):
     x = x_test[:200]
     np.testing.assert_allclose(converted.predict(x, verbose=0), original.predict(x, verbose=0), atol=TOLERANCE)
     assert _accuracy(original, x_test, y_test) > 0.5
+
+
+@pytest.mark.parametrize(
+    "name,method",
+    # The CNN has Dense, Conv2D and BatchNormalization layers; the LSTM the recurrent conversion
+    # (packed has no LSTM counterpart).
+    [("cnn", method) for method in convert_methods()] + [("lstm", "batchensemble"), ("lstm", "rank1")],
+)
+def test_predicting_and_training_the_converted_model_leaves_the_original_intact(name, method):
+    """The converted layers hold copies of the original's weights, not its arrays: on JAX a compiled
+    step donates (deletes) its state's buffers, so a shared array would vanish from the original."""
+    original = cm.build(name)  # a private copy
+    x = cm.inputs_for(name)
+    y = np.arange(len(x)) % 3
+    before_weights = [numpy(v).copy() for v in original.weights]
+    before = numpy(original(x, training=False))
+    converted = r1.convert(original, method, ensemble_size=2, train_size=100)
+    converted.predict(x, verbose=0)
+    converted.compile(keras.optimizers.Adam(0.01), r1.AverageNLL(2))
+    converted.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    assert _max_error(original.predict(x, verbose=0), before) <= 1e-6
+    for variable, value in zip(original.weights, before_weights):
+        np.testing.assert_array_equal(numpy(variable), value)
 
 
 def _dense_net(seed, inputs=5, outputs=4, name=None):
@@ -392,17 +420,17 @@ def test_split_training_batch_gives_each_member_its_own_block(model, training_ou
         x = rng.normal(size=(4, 5)).astype("float32")
     else:
         x = np.concatenate([cm.inputs_for("lstm", seed=1), cm.inputs_for("lstm", seed=2)])
-    members = r1.member_outputs(converted)(x).numpy()  # (4, 2, C): member k on all four examples
+    members = numpy(r1.member_outputs(converted)(x))  # (4, 2, C): member k on all four examples
     assert _max_error(members[:, 0], members[:, 1]) > 1e-3  # the members differ
-    training = converted(x, training=True).numpy()
+    training = numpy(converted(x, training=True))
     assert training.shape == (4,) + members.shape[2:]
     np.testing.assert_allclose(training[:2], members[0:2, 0], atol=1e-6)  # member 0, examples 0-1
     np.testing.assert_allclose(training[2:], members[2:4, 1], atol=1e-6)  # member 1, examples 2-3
     # Inference tiles as usual and averages.
-    np.testing.assert_allclose(converted(x).numpy(), members.mean(1), atol=1e-6)
+    np.testing.assert_allclose(numpy(converted(x)), members.mean(1), atol=1e-6)
     # An odd batch splits unevenly: member floor(2 i / 3) on row i, rows 0-1 member 0, row 2 member 1.
-    odd = converted(x[:3], training=True).numpy()
-    odd_members = r1.member_outputs(converted)(x[:3]).numpy()
+    odd = numpy(converted(x[:3], training=True))
+    odd_members = numpy(r1.member_outputs(converted)(x[:3]))
     np.testing.assert_allclose(odd[:2], odd_members[0:2, 0], atol=1e-6)
     np.testing.assert_allclose(odd[2:], odd_members[2:3, 1], atol=1e-6)
 
@@ -413,8 +441,8 @@ def test_training_output(training_output):
     converted = r1.convert(_dense_net(0), "batchensemble", ensemble_size=3, training_output=training_output,
                            alpha_initializer="random_sign")
     x = np.random.default_rng(2).normal(size=(2, 5)).astype("float32")
-    members = r1.member_outputs(converted)(x).numpy().astype(np.float64)  # (2, 3, 4)
-    training = converted(x, training=True).numpy()
+    members = numpy(r1.member_outputs(converted)(x)).astype(np.float64)  # (2, 3, 4)
+    training = numpy(converted(x, training=True))
     if training_output == "members":  # K*B rows, block order
         np.testing.assert_allclose(training, members.transpose(1, 0, 2).reshape(6, 4), atol=1e-6)
     else:
@@ -430,7 +458,7 @@ def _perturbed_conversion(originals, name, method):
     converted = cm.convert_at_one(originals(name), method, _ensemble_size(name))
     cm.perturb_converted(converted, seed=5)  # so a reload that re-initialises anything shows
     x = cm.inputs_for(name)
-    expected = converted(x, training=False).numpy()
+    expected = numpy(converted(x, training=False))
     assert _max_error(expected, originals(name)(x, training=False)) > 1e-3
     assert expected.max() < 0.9  # softmax not saturated: the comparison below means something
     return converted, x, expected
@@ -453,15 +481,18 @@ def test_keras_file_round_trip(originals, name, method, tmp_path):
     assert _max_error(restored(x, training=False), expected) <= TOLERANCE
     assert [v.name for v in restored.weights] == [v.name for v in converted.weights]
     for before, after in zip(converted.weights, restored.weights):
-        np.testing.assert_array_equal(after.numpy(), before.numpy())
+        np.testing.assert_array_equal(numpy(after), numpy(before))
     dropout_layers = cm.mc_dropout_layers(restored)
     assert len(dropout_layers) == len(cm.mc_dropout_layers(converted))
     assert all(layer.active is False for layer in dropout_layers)
     assert _max_error(r1.member_outputs(restored)(x), r1.member_outputs(converted)(x)) <= TOLERANCE
 
 
+@TENSORFLOW_ONLY  # a SavedModel
 @pytest.mark.parametrize("name,method", [case for case in SAVE_CASES if case[0] != "resnet50"])
 def test_saved_model_round_trip(originals, name, method, tmp_path):
+    import tensorflow as tf
+
     converted, x, expected = _perturbed_conversion(originals, name, method)
     path = str(tmp_path / "saved_model")
     converted.export(path, format="tf_saved_model", verbose=False)
@@ -486,7 +517,7 @@ def joined_members():
 
 def _joined_inputs_and_outputs(members):
     x = np.random.default_rng(3).normal(size=(2, 5)).astype("float32")
-    outputs = np.stack([m(x, training=False).numpy().astype(np.float64) for m in members])
+    outputs = np.stack([numpy(m(x, training=False)).astype(np.float64) for m in members])
     assert _max_error(outputs[0], outputs[1]) > 1e-2  # independently initialised
     return x, outputs
 
@@ -494,7 +525,7 @@ def _joined_inputs_and_outputs(members):
 def test_join_ensemble_averages_members(joined_members):
     x, outputs = _joined_inputs_and_outputs(joined_members)
     ensemble = r1.join_ensemble(joined_members)
-    np.testing.assert_allclose(ensemble(x, training=False).numpy(), outputs.mean(0), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(numpy(ensemble(x, training=False)), outputs.mean(0), atol=1e-6, rtol=0)
     np.testing.assert_allclose(ensemble.predict(x, verbose=0), outputs.mean(0), atol=1e-6, rtol=0)
 
 
@@ -503,7 +534,7 @@ def test_join_ensemble_training_output(joined_members, training_output):
     x, outputs = _joined_inputs_and_outputs(joined_members)
     ensemble = r1.join_ensemble(joined_members, training_output=training_output)
     expected = outputs.reshape(6, 4) if training_output == "members" else outputs.mean(0)  # block order
-    np.testing.assert_allclose(ensemble(x, training=True).numpy(), expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(numpy(ensemble(x, training=True)), expected, atol=1e-6, rtol=0)
 
 
 def test_join_ensemble_round_trips(joined_members, tmp_path):
@@ -512,26 +543,34 @@ def test_join_ensemble_round_trips(joined_members, tmp_path):
     path = str(tmp_path / "joined.keras")
     ensemble.save(path)
     restored = keras.saving.load_model(path)
-    np.testing.assert_allclose(restored(x, training=False).numpy(), outputs.mean(0), atol=1e-6, rtol=0)
-    np.testing.assert_allclose(restored(x, training=True).numpy(), outputs.reshape(6, 4), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(numpy(restored(x, training=False)), outputs.mean(0), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(numpy(restored(x, training=True)), outputs.reshape(6, 4), atol=1e-6, rtol=0)
+
+
+@TENSORFLOW_ONLY  # a SavedModel
+def test_join_ensemble_saved_model_round_trip(joined_members, tmp_path):
+    import tensorflow as tf
+
+    x, outputs = _joined_inputs_and_outputs(joined_members)
+    ensemble = r1.join_ensemble(joined_members)
     export_path = str(tmp_path / "joined_saved_model")
     ensemble.export(export_path, format="tf_saved_model", verbose=False)
     loaded = tf.saved_model.load(export_path)
-    np.testing.assert_allclose(loaded.serve(tf.constant(x)).numpy(), outputs.mean(0), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(numpy(loaded.serve(tf.constant(x))), outputs.mean(0), atol=1e-6, rtol=0)
 
 
 def test_member_outputs_of_a_joined_ensemble(joined_members, tmp_path):
     """member_outputs[:, k] is member k, also after a reload."""
     x, outputs = _joined_inputs_and_outputs(joined_members)
     ensemble = r1.join_ensemble(joined_members)
-    members = r1.member_outputs(ensemble)(x).numpy()
+    members = numpy(r1.member_outputs(ensemble)(x))
     for k in range(3):
         np.testing.assert_allclose(members[:, k], outputs[k], atol=1e-6, rtol=0)
     path = str(tmp_path / "joined.keras")
     ensemble.save(path)
     restored = keras.saving.load_model(path)
     np.testing.assert_allclose(
-        r1.member_outputs(restored)(x).numpy(), np.moveaxis(outputs, 0, 1), atol=1e-6, rtol=0
+        numpy(r1.member_outputs(restored)(x)), np.moveaxis(outputs, 0, 1), atol=1e-6, rtol=0
     )
 
 
@@ -540,9 +579,9 @@ def test_join_ensemble_of_sequential_models(originals):
     for seed in (21, 22):
         members.append(cm.build("mlp", seed=seed))
     x = cm.inputs_for("mlp")
-    outputs = np.stack([m(x, training=False).numpy().astype(np.float64) for m in members])
+    outputs = np.stack([numpy(m(x, training=False)).astype(np.float64) for m in members])
     ensemble = r1.join_ensemble(members)
-    np.testing.assert_allclose(ensemble(x).numpy(), outputs.mean(0), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(numpy(ensemble(x)), outputs.mean(0), atol=1e-6, rtol=0)
 
 
 def _numpy_batchensemble_mlp(core, x, k):
@@ -555,8 +594,8 @@ def _numpy_batchensemble_mlp(core, x, k):
     h = x.astype(np.float64)
     for name, activation in (("hidden_a", "relu"), ("hidden_b", "tanh"), ("head", "softmax")):
         layer = core.get_layer(name)
-        factors = {role: f.variable.numpy().astype(np.float64) for role, f in layer.member_factors.items()}
-        kernel = layer.kernel.numpy().astype(np.float64)
+        factors = {role: numpy(f.variable).astype(np.float64) for role, f in layer.member_factors.items()}
+        kernel = numpy(layer.kernel).astype(np.float64)
         h = activations[activation](((h * factors["alpha"][k]) @ kernel) * factors["gamma"][k] + factors["bias"][k])
     return h
 
@@ -568,9 +607,9 @@ def test_member_outputs_of_a_converted_model_match_numpy(originals):
     expected = np.stack([_numpy_batchensemble_mlp(_core(converted), x, k) for k in range(3)])
     assert _max_error(expected[0], expected[1]) > 1e-3
     np.testing.assert_allclose(
-        r1.member_outputs(converted)(x).numpy(), np.moveaxis(expected, 0, 1), atol=1e-6, rtol=0
+        numpy(r1.member_outputs(converted)(x)), np.moveaxis(expected, 0, 1), atol=1e-6, rtol=0
     )
-    np.testing.assert_allclose(converted(x).numpy(), expected.mean(0), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(numpy(converted(x)), expected.mean(0), atol=1e-6, rtol=0)
 
 
 # -- 5. bad inputs ---------------------------------------------------------------
@@ -699,7 +738,7 @@ def test_layers_selects_by_name_and_class(originals, name, method, layers, batch
         assert type(clone) is type(layer), layer.name
         assert len(clone.weights) == len(layer.weights)
         for before, after in zip(layer.weights, clone.weights):
-            np.testing.assert_array_equal(after.numpy(), before.numpy())
+            np.testing.assert_array_equal(numpy(after), numpy(before))
     x = cm.inputs_for(name)
     assert _max_error(converted(x, training=False), original(x, training=False)) <= TOLERANCE
 
@@ -720,7 +759,7 @@ def test_mc_dropout_prediction_is_the_mean_of_different_masks():
     # Member rows and the prediction of one and the same forward pass.
     average = converted.get_layer("average_0")
     probe = keras.Model(converted.input, [average.input, average.output])
-    rows, prediction = (t.numpy().astype(np.float64) for t in probe(x))
+    rows, prediction = (numpy(t).astype(np.float64) for t in probe(x))
     assert rows.shape == (samples * 2, 1)
     kept = rows * (1.0 - rate)  # kept inputs per row: integers in [0, features]
     np.testing.assert_allclose(kept, np.round(kept), atol=1e-4)
@@ -729,14 +768,14 @@ def test_mc_dropout_prediction_is_the_mean_of_different_masks():
     assert len(np.unique(np.round(kept[:, 0]))) > 1  # different masks
 
     # Each call draws new masks; the average is not a single mask's count.
-    first, second = converted(x).numpy(), converted(x).numpy()
+    first, second = numpy(converted(x)), numpy(converted(x))
     assert _max_error(first, second) > 1e-3
     assert _max_error(converted.predict(x, verbose=0), converted.predict(x, verbose=0)) > 1e-3
-    members = r1.member_outputs(converted)(x).numpy()[..., 0]  # (2, samples)
+    members = numpy(r1.member_outputs(converted)(x))[..., 0]  # (2, samples)
     assert len(np.unique(members[0])) > 1
     # With the MCDropout switched off it is the original (every input kept).
     cm.deactivate_mc_dropout(converted)
-    np.testing.assert_allclose(converted(x).numpy(), np.full((2, 1), features), atol=1e-4)
+    np.testing.assert_allclose(numpy(converted(x)), np.full((2, 1), features), atol=1e-4)
 
 
 def test_dropout_rate_inserts_mc_dropout_after_all_but_the_output_layer():
@@ -776,6 +815,7 @@ def test_dropout_rate_inserts_mc_dropout_after_all_but_the_output_layer():
 # -- ResNet-50 SavedModel round trips (exported by the background process) -----------
 
 
+@TENSORFLOW_ONLY  # SavedModels
 @pytest.mark.parametrize("method", cm.RESNET_EXPORT_METHODS)
 def test_resnet50_saved_model_round_trip(resnet_exports, originals, method):
     process, out_dir = resnet_exports

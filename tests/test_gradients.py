@@ -1,9 +1,10 @@
-"""Every trainable variable of a rank-1 / BatchEnsemble model gets a gradient and trains."""
+"""Every trainable variable of a rank-1 / BatchEnsemble model gets a gradient and trains (every backend)."""
+
+import functools
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from rank1_keras.ensemble import TileEnsemble
 from rank1_keras.layers import (
@@ -16,6 +17,9 @@ from rank1_keras.layers import (
 )
 from rank1_keras.layers.rank1_mechanics import Rank1Mixin
 from rank1_keras.losses import AverageNLL
+from tests.backend_utils import gradients, numpy
+
+pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
 
 K, B, CLASSES = 2, 3, 3
 
@@ -47,6 +51,10 @@ def _data(seed, n=B):
     return x, y
 
 
+def _total(losses):
+    return functools.reduce(keras.ops.add, losses)
+
+
 def _rank1_layers(model):
     return [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, Rank1Mixin)]
 
@@ -75,19 +83,20 @@ def test_every_trainable_variable_gets_a_finite_nonzero_gradient(family):
     assert names == _expected_variable_names(family)
     x, y = _data(0)
     loss_fn = AverageNLL(K)
-    with tf.GradientTape() as tape:
+
+    def loss():
         outputs = model(x, training=True)
         nll = loss_fn(y, outputs)
-        kl = tf.add_n(model.losses) if model.losses else tf.constant(0.0)
-        loss = nll + kl
-    gradients = tape.gradient(loss, model.trainable_variables)
-    for variable, gradient in zip(model.trainable_variables, gradients):
+        return nll + _total(model.losses) if model.losses else nll
+
+    grads = gradients(loss, model.trainable_variables)
+    for variable, gradient in zip(model.trainable_variables, grads):
         assert gradient is not None, variable.path
-        gradient = tf.convert_to_tensor(gradient).numpy()
+        gradient = numpy(gradient)
         assert np.all(np.isfinite(gradient)), variable.path
         assert np.abs(gradient).max() > 0, variable.path
         # Each member's row of a per-member table is used by its own block of rows.
-        if variable.shape.rank == 2 and variable.shape[0] == K and "kernel" not in variable.name:
+        if len(variable.shape) == 2 and variable.shape[0] == K and "kernel" not in variable.name:
             assert np.all(np.abs(gradient).max(axis=1) > 0), variable.path
     if family == "batch_ensemble":
         assert model.losses == []
@@ -112,25 +121,46 @@ def test_model_losses_are_the_kl_of_every_stochastic_factor_once():
 
     def eager_kl():
         model(x, training=True)
-        return tf.add_n(model.losses)
+        return _total(model.losses)
 
-    @tf.function
-    def graph_kl(inputs):
-        model(inputs, training=True)
-        return tf.add_n(model.losses)
+    def stateless_kl(trainable, non_trainable, inputs):
+        _, _, losses = model.stateless_call(trainable, non_trainable, inputs, training=True, return_losses=True)
+        return _total(losses)
 
-    # Eager and traced; losses are reset, not accumulated, between calls.
-    for compute_kl in [eager_kl, eager_kl, lambda: graph_kl(x), lambda: graph_kl(x)]:
-        total = float(compute_kl())
+    # Eager and traced (tf.function, jax.jit; PyTorch: the stateless call as it
+    # is); losses are reset, not accumulated, between calls.
+    computations = [eager_kl, eager_kl]
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function
+        def graph_kl(inputs):
+            model(inputs, training=True)
+            return _total(model.losses)
+
+        computations += [lambda: graph_kl(x), lambda: graph_kl(x)]
+        traced = tf.function(stateless_kl)
+    elif backend == "jax":
+        import jax
+
+        traced = jax.jit(stateless_kl)
+    else:
+        traced = stateless_kl
+    computations += [lambda: traced(trainable, non_trainable, x)] * 2
+    for compute_kl in computations:
+        total = float(numpy(compute_kl()))
         expected = 0.0
         for layer in layers:
             layer_kl = 0.0
             for factor in layer.member_factors.values():
                 if factor.is_stochastic:
-                    mu = factor.initializer.loc.numpy().astype(np.float64)
-                    raw = factor.initializer.parameters["unconstrained_scale"].numpy().astype(np.float64)
+                    mu = numpy(factor.initializer.loc).astype(np.float64)
+                    raw = numpy(factor.initializer.parameters["unconstrained_scale"]).astype(np.float64)
                     layer_kl += _normal_kl(mu, np.log1p(np.exp(raw)))
-            expected += float(layer.kl_weight.numpy()) * layer_kl
+            expected += float(numpy(layer.kl_weight)) * layer_kl
         np.testing.assert_allclose(total, expected, rtol=1e-5)
     eager_kl()
     assert len(model.losses) == 3
@@ -141,14 +171,14 @@ def test_fit_changes_every_trainable_variable(family):
     keras.utils.set_random_seed(2)
     model = _model(family)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=AverageNLL(K))
-    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    before = {v.path: numpy(v).copy() for v in model.trainable_variables}
     x, y = _data(2, n=2 * B)
     history = model.fit(x, y, batch_size=B, epochs=1, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
     for variable in model.trainable_variables:
-        assert np.all(np.isfinite(variable.numpy())), variable.path
-        assert np.abs(variable.numpy() - before[variable.path]).max() > 0, variable.path
+        assert np.all(np.isfinite(numpy(variable))), variable.path
+        assert np.abs(numpy(variable) - before[variable.path]).max() > 0, variable.path
     # Non-trainable KL weights are untouched by the optimizer.
     for layer in _rank1_layers(model):
         if layer.kl_weight is not None:
-            assert float(layer.kl_weight.numpy()) == 1.0
+            assert float(numpy(layer.kl_weight)) == 1.0

@@ -7,17 +7,21 @@ The VAE of each encoded factor table is recomputed in NumPy:
 
 and the layer's output is the BatchEnsemble reference of
 tests/test_numpy_reference.py with alpha_hat in place of alpha. The eps a
-call uses is replayed from the layer's `factor_seed_generator`: the state is
-read before the call, and the i-th encoded table (`latent_factor_names`
-order) draws `tf.random.stateless_normal((K, latent_dim), seed=state + [0, i])`.
+call uses is replayed from the layer's `factor_seed_generator`: its state is
+copied before the call into a fresh `keras.random.SeedGenerator`, from which
+the encoded tables (`latent_factor_names` order) draw
+`keras.random.normal((K, latent_dim))` in turn, the i-th with seed
+state + [0, i]. The replay is exact on every backend; on TensorFlow that draw
+is `tf.random.stateless_normal((K, latent_dim), seed=state + [0, i])`.
 """
 
+import contextlib
+import functools
 import json
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import rank1_keras as r1
 from rank1_keras.ensemble import TileEnsemble
@@ -31,12 +35,15 @@ from rank1_keras.layers.latent_posterior import (
     kl_to_standard_normal,
     reconstruction_error,
 )
+from tests.backend_utils import gradients, numpy
 from tests.test_numpy_reference import (
     K,
     _conv_rank1_reference,
     _dense_rank1_reference,
     _lstm_reference,
 )
+
+pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
 
 B = 2  # examples per member
 LATENT_DIM = 5
@@ -61,6 +68,12 @@ KINDS = {
 }
 
 
+def _perturb(variables, rng, scale):
+    """Moves variables off their initial values (non-zero biases, so a missing bias shows)."""
+    for variable in variables:
+        variable.assign(numpy(variable) + rng.normal(scale=scale, size=variable.shape).astype(np.float32))
+
+
 def _make(kind, **kwargs):
     """A built layer of `kind` with moved-off-initial VAE weights, its caller and an input."""
     factory, input_shape, recurrent = KINDS[kind]
@@ -69,34 +82,42 @@ def _make(kind, **kwargs):
     caller = keras.layers.RNN(layer, return_sequences=True) if recurrent else layer
     x = np.random.default_rng(0).standard_normal((K * B,) + input_shape).astype(np.float32)
     caller.build(x.shape)
-    rng = np.random.default_rng(1)
-    for variable in layer.latent_variables:  # non-zero biases, so a missing bias shows
-        variable.assign(variable.numpy() + rng.normal(scale=0.3, size=variable.shape).astype(np.float32))
+    _perturb(layer.latent_variables, np.random.default_rng(1), 0.3)
     return layer, caller, x
 
 
+def _seed_state(layer):
+    return tuple(int(value) for value in numpy(layer.factor_seed_generator.state))
+
+
 def _replay_noise(layer, jit_compile=False):
-    """{factor name: eps (K, latent_dim)} the next sampled call of `layer` will use."""
-    state = layer.factor_seed_generator.state.numpy().astype(np.int64)
-    noise = {}
-    for i, name in enumerate(layer.latent_factor_names):
+    """{factor name: eps (K, latent_dim)} the next sampled call of `layer` will use.
 
-        def draw(seed):
-            return tf.random.stateless_normal((layer.ensemble_size, layer.latent_dim), seed=seed)
+    Draws from a copy of the layer's seed generator as it is now, so it must
+    run before the call. `jit_compile` (TensorFlow only) draws under XLA, for
+    a call run under XLA (stateless samplers may pick another algorithm there).
+    """
+    replay = keras.random.SeedGenerator(0)
+    replay.state.assign(numpy(layer.factor_seed_generator.state))
 
-        if jit_compile:
-            draw = tf.function(draw, jit_compile=True, autograph=False)
-        noise[name] = np.asarray(draw(tf.constant(state + np.array([0, i]), tf.int32)), np.float64)
-    return noise
+    def draw():
+        shape = (layer.ensemble_size, layer.latent_dim)
+        return [keras.random.normal(shape, dtype="float32", seed=replay) for _ in layer.latent_factor_names]
+
+    if jit_compile:
+        import tensorflow as tf
+
+        draw = tf.function(draw, jit_compile=True, autograph=False)
+    return {name: numpy(eps).astype(np.float64) for name, eps in zip(layer.latent_factor_names, draw())}
 
 
 def _numpy_vae(layer, name, noise=None):
     """(alpha_hat, mse, kl) of the VAE of table `name`; z = mu when noise is None."""
-    p = {role: np.asarray(getattr(layer.latent_posteriors[name], role).numpy(), np.float64) for role in (
+    p = {role: numpy(getattr(layer.latent_posteriors[name], role)).astype(np.float64) for role in (
         "encoder_kernel", "encoder_bias", "mean_kernel", "mean_bias",
         "log_variance_kernel", "log_variance_bias", "decoder_kernel", "decoder_bias",
     )}
-    alpha = np.asarray(layer.member_factors[name].variable.numpy(), np.float64)
+    alpha = numpy(layer.member_factors[name].variable).astype(np.float64)
     hidden = np.maximum(alpha @ p["encoder_kernel"] + p["encoder_bias"], 0.0)
     mean = hidden @ p["mean_kernel"] + p["mean_bias"]
     log_variance = hidden @ p["log_variance_kernel"] + p["log_variance_bias"]
@@ -111,7 +132,7 @@ def _reference_factors(layer, noise):
     """Per-row factors (K, B, dim) for the NumPy references; noise None -> z = mu."""
     factors = {}
     for name, factor in layer.member_factors.items():
-        table = np.asarray(factor.variable.numpy(), np.float64)
+        table = numpy(factor.variable).astype(np.float64)
         if name in layer.latent_factor_names:
             table = _numpy_vae(layer, name, None if noise is None else noise[name])[0]
         factors[name] = np.broadcast_to(table[:, None, :], (K, B, table.shape[-1]))
@@ -136,9 +157,23 @@ def _reference_loss(layer, noise):
 
 
 def _assert_close(got, expected, rtol=RTOL):
-    got = np.asarray(got, np.float64)
+    got = numpy(got).astype(np.float64)
     assert got.shape == expected.shape, (got.shape, expected.shape)
     np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * max(np.abs(expected).max(), 1e-12))
+
+
+def _total(losses):
+    """The sum of a list of scalar losses, as a float."""
+    return float(numpy(functools.reduce(keras.ops.add, losses)))
+
+
+def _float64():
+    """A context in which float64 inputs are computed in float64 (JAX truncates them to float32 otherwise)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------
@@ -149,16 +184,32 @@ def _assert_close(got, expected, rtol=RTOL):
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_sampled_forward_and_loss_match_numpy(kind):
     layer, caller, x = _make(kind, latent_loss_weight=0.7)
-    assert tuple(layer.factor_seed_generator.state.numpy()) == (3, 0)
+    assert _seed_state(layer) == (3, 0)
     noise = _replay_noise(layer)
     y = caller(x, training=True)
     _assert_close(y, _reference_output(kind, layer, x, noise))
     # The replayed sample is far from the mean: the reference with z = mu differs.
-    assert np.abs(_reference_output(kind, layer, x, None) - np.asarray(y)).max() > 1e-2
+    assert np.abs(_reference_output(kind, layer, x, None) - numpy(y)).max() > 1e-2
     # One latent draw per encoded table (two for the LSTM cell) per call / sequence.
-    assert tuple(layer.factor_seed_generator.state.numpy()) == (3, len(layer.latent_factor_names))
+    assert _seed_state(layer) == (3, len(layer.latent_factor_names))
     (loss,) = layer.losses
-    np.testing.assert_allclose(float(loss), _reference_loss(layer, noise), rtol=RTOL)
+    np.testing.assert_allclose(float(numpy(loss)), _reference_loss(layer, noise), rtol=RTOL)
+
+
+@pytest.mark.backends("tensorflow")
+def test_tensorflow_latent_noise_is_stateless_normal_of_the_seed_state():
+    """On TensorFlow table i draws tf.random.stateless_normal((K, latent_dim), seed=state + [0, i])."""
+    import tensorflow as tf
+
+    layer, caller, x = _make("lstm")
+    state = np.array(_seed_state(layer), np.int64)
+    noise = {
+        name: tf.random.stateless_normal((K, LATENT_DIM), seed=tf.constant(state + [0, i], tf.int32)).numpy().astype(np.float64)
+        for i, name in enumerate(layer.latent_factor_names)
+    }
+    for name, eps in _replay_noise(layer).items():
+        np.testing.assert_array_equal(eps, noise[name])
+    _assert_close(caller(x, training=True), _reference_output("lstm", layer, x, noise))
 
 
 def test_dense_additive_forward_matches_numpy():
@@ -168,8 +219,7 @@ def test_dense_additive_forward_matches_numpy():
     _assert_close(layer(x, training=True), _dense_rank1_reference(layer, x, factors, np.tanh))
 
 
-def test_conv2d_channels_first_matches_numpy_via_xla():
-    """TF's CPU Conv2D has no NCHW kernel; XLA (jit_compile) does, as in test_numpy_reference."""
+def test_conv2d_channels_first_matches_numpy():
     layer = Conv2DLatentPosterior(
         4, 3, ensemble_size=K, latent_dim=LATENT_DIM, seed=21, padding="same", data_format="channels_first",
         **_point_factors(),
@@ -177,9 +227,16 @@ def test_conv2d_channels_first_matches_numpy_via_xla():
     x = np.random.default_rng(9).standard_normal((K * B, 3, 6, 5)).astype(np.float32)
     layer.build(x.shape)
     assert tuple(layer.member_factors["alpha"].variable.shape) == (K, 3)
-    noise = _replay_noise(layer, jit_compile=True)
-    run = tf.function(lambda inputs: layer(inputs, training=True), jit_compile=True, autograph=False)
-    y = run(tf.constant(x)).numpy()
+    if keras.backend.backend() == "tensorflow":
+        # TF's CPU Conv2D has no NCHW kernel; XLA (jit_compile) does, as in test_numpy_reference.
+        import tensorflow as tf
+
+        noise = _replay_noise(layer, jit_compile=True)
+        run = tf.function(lambda inputs: layer(inputs, training=True), jit_compile=True, autograph=False)
+        y = run(tf.constant(x))
+    else:
+        noise = _replay_noise(layer)
+        y = layer(x, training=True)
     expected = _conv_rank1_reference(layer, np.transpose(x, (0, 2, 3, 1)), _reference_factors(layer, noise))
     _assert_close(y, np.transpose(expected, (0, 3, 1, 2)))
 
@@ -188,14 +245,19 @@ def test_loss_closed_forms():
     rng = np.random.default_rng(2)
     factor, decoded = rng.normal(size=(4, 6)), rng.normal(size=(4, 6))
     mean, log_variance = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
-    np.testing.assert_allclose(float(reconstruction_error(factor, decoded)), np.mean((decoded - factor) ** 2), rtol=1e-12)
+    with _float64():
+        mse = float(reconstruction_error(factor, decoded))
+        kl = float(kl_to_standard_normal(mean, log_variance))
+        no_kl = float(kl_to_standard_normal(np.zeros((2, 3)), np.zeros((2, 3))))
+        half = float(kl_to_standard_normal(np.array([[1.0]]), np.array([[0.0]])))
+    np.testing.assert_allclose(mse, np.mean((decoded - factor) ** 2), rtol=1e-12)
     # KL(N(m, v) || N(0, 1)) = (v + m^2 - 1 - log v) / 2 per dimension, summed, averaged over members.
     variance = np.exp(log_variance)
     expected_kl = np.mean(np.sum(0.5 * (variance + mean**2 - 1.0 - log_variance), axis=-1))
-    np.testing.assert_allclose(float(kl_to_standard_normal(mean, log_variance)), expected_kl, rtol=1e-12)
+    np.testing.assert_allclose(kl, expected_kl, rtol=1e-12)
     # Hand values: N(0, 1) has no KL; one member N(1, 1) in one dimension has KL 1/2.
-    assert float(kl_to_standard_normal(np.zeros((2, 3)), np.zeros((2, 3)))) == 0.0
-    np.testing.assert_allclose(float(kl_to_standard_normal(np.array([[1.0]]), np.array([[0.0]]))), 0.5)
+    assert no_kl == 0.0
+    np.testing.assert_allclose(half, 0.5)
 
 
 def test_latent_loss_weight_scales_the_loss():
@@ -206,11 +268,11 @@ def test_latent_loss_weight_scales_the_loss():
     losses = []
     for each in (layer, twice):
         each(x, training=True)
-        losses.append(float(each.losses[0]))
+        losses.append(float(numpy(each.losses[0])))
     np.testing.assert_allclose(losses[1], 2.5 * losses[0], rtol=1e-6)
     zero = Conv2DLatentPosterior.from_config({**layer.get_config(), "latent_loss_weight": 0.0})
     zero(x, training=True)
-    assert float(zero.losses[0]) == 0.0
+    assert float(numpy(zero.losses[0])) == 0.0
 
 
 # ---------------------------------------------------------------------------
@@ -221,30 +283,47 @@ def test_latent_loss_weight_scales_the_loss():
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_output_depends_on_the_latent_sample(kind):
     layer, caller, x = _make(kind)  # inference="mean" by default
-    first = np.asarray(caller(x, training=True))
-    second = np.asarray(caller(x, training=True))
+    first = numpy(caller(x, training=True))
+    second = numpy(caller(x, training=True))
     assert np.abs(first - second).max() > 1e-3
     other_seed, other_caller, _ = _make(kind, seed=4)
     other_seed.set_weights(layer.get_weights())  # same weights, seed state set back
-    other_seed.factor_seed_generator.state.assign([4, 0])
-    assert np.abs(np.asarray(other_caller(x, training=True)) - first).max() > 1e-3
+    other_seed.factor_seed_generator.state.assign(np.array([4, 0]))
+    assert np.abs(numpy(other_caller(x, training=True)) - first).max() > 1e-3
     # Inference with "mean": deterministic and the decode of mu.
-    state = tuple(layer.factor_seed_generator.state.numpy())
-    mean_output = np.asarray(caller(x, training=False))
-    np.testing.assert_array_equal(mean_output, np.asarray(caller(x, training=False)))
+    state = _seed_state(layer)
+    mean_output = numpy(caller(x, training=False))
+    np.testing.assert_array_equal(mean_output, numpy(caller(x, training=False)))
     _assert_close(mean_output, _reference_output(kind, layer, x, None))
     if kind != "lstm":
         # No seed consumed. (The LSTM cell's per-sequence hook does not know
         # `training`, so it draws a sample anyway and `call` uses the mean.)
-        assert tuple(layer.factor_seed_generator.state.numpy()) == state
+        assert _seed_state(layer) == state
 
 
 def test_sample_inference_draws_at_test_time():
     layer, _, x = _make("conv2d", inference="sample")
     noise = _replay_noise(layer)
-    first = layer(x, training=False)
+    first = numpy(layer(x, training=False))
     _assert_close(first, _reference_output("conv2d", layer, x, noise))
-    assert np.abs(np.asarray(layer(x, training=False)) - np.asarray(first)).max() > 1e-3
+    assert np.abs(numpy(layer(x, training=False)) - first).max() > 1e-3
+
+
+def test_compiled_predict_draws_a_new_latent_sample_each_call():
+    """Under the backend's compiled predict (jit on JAX) the layer's seed state advances:
+    an unseeded or module-level draw would repeat its noise there."""
+    inputs = keras.Input((3,))
+    layer = DenseLatentPosterior(4, ensemble_size=K, latent_dim=LATENT_DIM, inference="sample", seed=5, **_point_factors())
+    model = keras.Model(inputs, layer(inputs))
+    _perturb(layer.latent_variables, np.random.default_rng(1), 0.3)
+    x = np.random.default_rng(0).standard_normal((K * B, 3)).astype(np.float32)
+    assert _seed_state(layer) == (5, 0)
+    noise = _replay_noise(layer)
+    first = model.predict(x, batch_size=K * B, verbose=0)
+    _assert_close(first, _reference_output("dense", layer, x, noise))
+    second = model.predict(x, batch_size=K * B, verbose=0)
+    assert np.abs(second - first).max() > 1e-3
+    assert _seed_state(layer) == (5, 2)
 
 
 # ---------------------------------------------------------------------------
@@ -260,18 +339,26 @@ def test_gradients_reach_every_trainable_variable(kind):
     expected_count = 1 + (kind == "lstm") + len(layer.member_factors) + 8 * len(layer.latent_factor_names)
     assert len(layer.trainable_variables) == expected_count
     assert {id(v) for v in layer.latent_variables} <= {id(v) for v in layer.trainable_variables}
-    with tf.GradientTape(persistent=True) as tape:
-        output = tf.reduce_sum(caller(x, training=True) * weights)
-        vae_loss = tf.add_n(layer.losses)
-        total = output + vae_loss
-    for source, label in ((output, "output"), (total, "output + loss")):
-        gradients = tape.gradient(source, layer.trainable_variables)
-        for variable, gradient in zip(layer.trainable_variables, gradients):
+
+    def output():
+        return keras.ops.sum(keras.ops.multiply(caller(x, training=True), weights))
+
+    def vae_loss():
+        caller(x, training=True)
+        return functools.reduce(keras.ops.add, layer.losses)
+
+    def total():
+        weighted_sum = output()
+        return weighted_sum + functools.reduce(keras.ops.add, layer.losses)
+
+    for loss_fn, label in ((output, "output"), (total, "output + loss")):
+        for variable, gradient in zip(layer.trainable_variables, gradients(loss_fn, layer.trainable_variables)):
             assert gradient is not None, (label, variable.path)
-            assert np.abs(np.asarray(gradient)).max() > 0, (label, variable.path)
+            assert np.abs(numpy(gradient)).max() > 0, (label, variable.path)
     # The MSE reaches the factor table directly too (not only through the decoder).
     alpha = layer.member_factors["alpha"].variable
-    assert np.abs(np.asarray(tape.gradient(vae_loss, alpha))).max() > 0
+    (alpha_gradient,) = gradients(vae_loss, [alpha])
+    assert np.abs(numpy(alpha_gradient)).max() > 0
 
 
 # ---------------------------------------------------------------------------
@@ -299,18 +386,17 @@ def test_keras_file_round_trip_replays_the_samples(tmp_path):
     outputs = DenseLatentPosterior(2, ensemble_size=K, latent_dim=4, latent_loss_weight=0.5, seed=4)(h)
     model = keras.Model(inputs, outputs)
     rng = np.random.default_rng(4)
-    for variable in model.trainable_variables:
-        variable.assign(variable.numpy() + rng.normal(scale=0.2, size=variable.shape).astype(np.float32))
+    _perturb(model.trainable_variables, rng, 0.2)
     x = rng.normal(size=(2, 5, 5, 2)).astype(np.float32)
     path = str(tmp_path / "lpbnn.keras")
     model.save(path)  # before the call: the saved seed states give the same draws
-    expected = model(x, training=False).numpy()
+    expected = numpy(model(x, training=False))
     restored = keras.saving.load_model(path)
-    np.testing.assert_allclose(restored(x, training=False).numpy(), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(numpy(restored(x, training=False)), expected, rtol=1e-6, atol=1e-6)
     assert [type(layer).__name__ for layer in restored.layers] == [type(layer).__name__ for layer in model.layers]
     dense = restored.layers[-1]
     assert (dense.latent_dim, dense.latent_loss_weight) == (4, 0.5)
-    assert len(restored.losses) == 4 and all(np.isfinite(float(loss)) for loss in restored.losses)
+    assert len(restored.losses) == 4 and all(np.isfinite(float(numpy(loss))) for loss in restored.losses)
 
 
 # ---------------------------------------------------------------------------
@@ -343,13 +429,13 @@ def test_convert_averages_the_latent_loss_over_layers():
     for name in ("conv", "head"):
         assert layers[name].latent_loss_weight == pytest.approx(0.3)
         assert (layers[name].latent_dim, layers[name].inference) == (6, "mean")
-    np.testing.assert_array_equal(layers["conv"].kernel.numpy(), original.get_layer("conv").kernel.numpy())
+    np.testing.assert_array_equal(numpy(layers["conv"].kernel), numpy(original.get_layer("conv").kernel))
     # The model's losses are the layers' VAE terms: 0.6 x their mean (z = mu at inference).
     x = np.random.default_rng(5).normal(size=(2, 8, 8, 1)).astype(np.float32)
     converted(x, training=False)
     assert len(converted.losses) == 2
     expected = 0.6 * np.mean([_numpy_vae(layers[name], "alpha")[1] + _numpy_vae(layers[name], "alpha")[2] for name in ("conv", "head")])
-    np.testing.assert_allclose(float(tf.add_n(converted.losses)), expected, rtol=1e-5)
+    np.testing.assert_allclose(_total(converted.losses), expected, rtol=1e-5)
     # An LSTM cell counts as one layer.
     inputs = keras.Input((4, 2))
     recurrent = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.LSTM(3, name="lstm")(inputs)))
@@ -370,12 +456,12 @@ def test_converted_cnn_trains_and_its_loss_includes_the_vae_term():
     assert np.all(np.isfinite(history.history["loss"]))
     assert history.history["loss"][1] < history.history["loss"][0]
     converted(x[:8], training=True)
-    assert len(converted.losses) == 2 and all(float(loss) > 0 for loss in converted.losses)
+    assert len(converted.losses) == 2 and all(float(numpy(loss)) > 0 for loss in converted.losses)
     # The training loss is the NLL plus those terms.
     members = converted(x[:8], training=True)
-    nll = float(r1.AverageNLL(4)(y[:8], members))
-    total = float(converted.compute_loss(x[:8], y[:8], members))
-    np.testing.assert_allclose(total, nll + float(tf.add_n(converted.losses)), rtol=1e-5)
+    nll = float(numpy(r1.AverageNLL(4)(y[:8], members)))
+    total = float(numpy(converted.compute_loss(x[:8], y[:8], members)))
+    np.testing.assert_allclose(total, nll + _total(converted.losses), rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------

@@ -2,13 +2,13 @@
 
 Row i of R rows belongs to member floor(i K / R). Every value here is checked
 against a float64 NumPy computation that assigns rows with that formula
-itself, never with `MemberRows`.
+itself, never with `MemberRows`. On every backend; the row counts known only
+when a traced TensorFlow step runs (tf.function) are TensorFlow's own tests.
 """
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import rank1_keras as r1
 from rank1_keras.initializers import TrainableNormal
@@ -23,6 +23,9 @@ from rank1_keras.layers import (
     MemberRows,
 )
 from rank1_keras.layers.normalization import EnsembleBatchNormalization
+from tests.backend_utils import gradients, numpy
+
+pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
 
 ROW_COUNTS = [0, 1, 3, 7, 8, 21, 32]
 ENSEMBLE_SIZES = [1, 3, 4]
@@ -37,15 +40,22 @@ def _ids(rows, ensemble_size):
 
 
 def _assert_close(got, expected, rtol=RTOL):
-    got = np.asarray(got, np.float64)
+    got = np.asarray(numpy(got), np.float64)
     assert got.shape == expected.shape, (got.shape, expected.shape)
     scale = max(np.abs(expected).max(), 1e-12) if expected.size else 1.0
     np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * scale)
 
 
 def _dynamic(function, width):
-    """`function` traced once for any row count (the batch size unknown in the graph)."""
+    """`function` traced once for any row count (the batch size unknown in the graph): TensorFlow only."""
+    import tensorflow as tf
+
     return tf.function(function, input_signature=[tf.TensorSpec((None, width), tf.float32)])
+
+
+def _member_mask(ids, k, shape):
+    """1.0 on member k's rows, 0.0 elsewhere, broadcast to `shape`: sum(y * mask) is the sum over its rows."""
+    return np.broadcast_to((ids == k).astype(np.float32).reshape((-1,) + (1,) * (len(shape) - 1)), shape)
 
 
 # ---------------------------------------------------------------------------
@@ -57,8 +67,8 @@ def test_reference_on_a_hand_example():
     # 7 rows, 3 members: 7/3 = 2.33 -> blocks of 3, 2, 2.
     np.testing.assert_array_equal(_ids(7, 3), [0, 0, 0, 1, 1, 2, 2])
     rows = MemberRows(7, 3)
-    np.testing.assert_array_equal(rows.ids.numpy(), [0, 0, 0, 1, 1, 2, 2])
-    np.testing.assert_array_equal(rows.sizes.numpy(), [3, 2, 2])
+    np.testing.assert_array_equal(numpy(rows.ids), [0, 0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(numpy(rows.sizes), [3, 2, 2])
 
 
 @pytest.mark.parametrize("ensemble_size", ENSEMBLE_SIZES)
@@ -67,8 +77,8 @@ def test_ids_and_sizes_match_the_formula(row_count, ensemble_size):
     expected = _ids(row_count, ensemble_size)
     x = np.zeros((row_count, 2), np.float32)
     for rows in (MemberRows(row_count, ensemble_size), MemberRows(x, ensemble_size)):
-        np.testing.assert_array_equal(rows.ids.numpy(), expected)
-        sizes = rows.sizes.numpy()
+        np.testing.assert_array_equal(numpy(rows.ids), expected)
+        sizes = numpy(rows.sizes)
         np.testing.assert_array_equal(sizes, np.bincount(expected, minlength=ensemble_size))
         assert sizes.sum() == row_count
         assert sizes.max() - sizes.min() <= 1
@@ -77,22 +87,32 @@ def test_ids_and_sizes_match_the_formula(row_count, ensemble_size):
     if row_count % ensemble_size == 0:
         # Today's block order: rows [k*B, (k+1)*B) are member k's.
         np.testing.assert_array_equal(expected, np.repeat(np.arange(ensemble_size), row_count // ensemble_size))
-    # The same assignment when the row count is known only when the graph runs.
+
+
+@pytest.mark.backends("tensorflow")
+@pytest.mark.parametrize("ensemble_size", ENSEMBLE_SIZES)
+@pytest.mark.parametrize("row_count", ROW_COUNTS)
+def test_ids_and_sizes_when_the_row_count_is_known_only_at_run_time(row_count, ensemble_size):
+    expected = _ids(row_count, ensemble_size)
+    x = np.zeros((row_count, 2), np.float32)
     dynamic = _dynamic(lambda t: (MemberRows(t, ensemble_size).ids, MemberRows(t, ensemble_size).sizes), 2)
     ids, sizes = dynamic(x)
     np.testing.assert_array_equal(ids.numpy(), expected)
     np.testing.assert_array_equal(sizes.numpy(), np.bincount(expected, minlength=ensemble_size))
 
 
+def _expand_case(row_count, ensemble_size):
+    """(member ids, a (K, 5) table, (R, K, 5) draws, (R, 2, 3) inputs, (R, 5) values), float64."""
+    rng = np.random.default_rng(row_count * 10 + ensemble_size)
+    return (_ids(row_count, ensemble_size), rng.normal(size=(ensemble_size, 5)),
+            rng.normal(size=(row_count, ensemble_size, 5)), rng.normal(size=(row_count, 2, 3)),
+            rng.normal(size=(row_count, 5)))
+
+
 @pytest.mark.parametrize("ensemble_size", ENSEMBLE_SIZES)
 @pytest.mark.parametrize("row_count", ROW_COUNTS)
 def test_expand_select_split_and_sum_match_numpy(row_count, ensemble_size):
-    rng = np.random.default_rng(row_count * 10 + ensemble_size)
-    ids = _ids(row_count, ensemble_size)
-    table = rng.normal(size=(ensemble_size, 5))
-    draws = rng.normal(size=(row_count, ensemble_size, 5))
-    x = rng.normal(size=(row_count, 2, 3))
-    values = rng.normal(size=(row_count, 5))
+    ids, table, draws, x, values = _expand_case(row_count, ensemble_size)
 
     def check(rows, table, draws, x, values):
         _assert_close(rows.expand(table), table[ids])
@@ -106,6 +126,16 @@ def test_expand_select_split_and_sum_match_numpy(row_count, ensemble_size):
         _assert_close(rows.one_hot("float64"), np.eye(ensemble_size)[ids])
 
     check(MemberRows(row_count, ensemble_size), table, draws, x, values)
+    check(MemberRows(x, ensemble_size), table, draws, x, values)
+
+
+@pytest.mark.backends("tensorflow")
+@pytest.mark.parametrize("ensemble_size", ENSEMBLE_SIZES)
+@pytest.mark.parametrize("row_count", ROW_COUNTS)
+def test_expand_select_split_and_sum_with_a_row_count_known_only_at_run_time(row_count, ensemble_size):
+    import tensorflow as tf
+
+    ids, table, draws, x, values = _expand_case(row_count, ensemble_size)
 
     @tf.function(
         input_signature=[
@@ -127,7 +157,10 @@ def test_expand_select_split_and_sum_match_numpy(row_count, ensemble_size):
     _assert_close(sums, np.stack([values[ids == k].sum(0) for k in range(ensemble_size)]))
 
 
+@pytest.mark.backends("tensorflow")
 def test_expand_and_split_compile_with_xla():
+    import tensorflow as tf
+
     table = np.arange(8.0, dtype=np.float32).reshape(K, 2)
 
     @tf.function(input_signature=[tf.TensorSpec((None, 2), tf.float32)], jit_compile=True)
@@ -142,12 +175,11 @@ def test_expand_and_split_compile_with_xla():
 
 
 def test_the_gradient_of_expand_is_each_members_sum():
-    table = tf.Variable(np.ones((K, 3), np.float32))
+    table = keras.Variable(np.ones((K, 3), np.float32))
     weights = np.random.default_rng(0).normal(size=(R, 3)).astype(np.float32)
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(MemberRows(R, K).expand(table) * weights)
+    (gradient,) = gradients(lambda: keras.ops.sum(keras.ops.multiply(MemberRows(R, K).expand(table), weights)), [table])
     ids = _ids(R, K)
-    _assert_close(tape.gradient(loss, table), np.stack([weights[ids == k].sum(0) for k in range(K)]))
+    _assert_close(gradient, np.stack([weights[ids == k].sum(0) for k in range(K)]))
 
 
 def test_negative_row_count_is_a_value_error():
@@ -170,7 +202,7 @@ def _factor(layer, name):
     """The (K, dim) table of a point factor, or the posterior mean of a stochastic one, float64."""
     factor = layer.member_factors[name]
     value = factor.initializer.loc if factor.is_stochastic else factor.variable
-    return np.asarray(value.numpy(), np.float64)
+    return np.asarray(numpy(value), np.float64)
 
 
 def _conv_valid(x, kernel):
@@ -204,7 +236,7 @@ def test_dense_layers_on_uneven_blocks_match_numpy(make):
     if layer.member_factors["alpha"].is_stochastic:
         for name in ("alpha", "gamma"):
             _set_random(layer.member_factors[name].initializer.loc, rng)
-    kernel = np.asarray(layer.kernel.numpy(), np.float64)
+    kernel = np.asarray(numpy(layer.kernel), np.float64)
     alpha, gamma, bias = (_factor(layer, name) for name in ("alpha", "gamma", "bias"))
     expected = []
     for i, k in enumerate(_ids(R, K)):
@@ -225,19 +257,23 @@ def test_rank1_dense_sampled_per_example_on_uneven_blocks_matches_numpy():
     x = rng.normal(size=(R, 5)).astype(np.float32)
     layer.build(x.shape)
     _set_random(layer.member_factors["bias"].variable, rng)
-    state = layer.factor_seed_generator.state.numpy().astype(np.int64)
+    # The layer's draws: loc + scale * eps, eps the standard normals its seed generator gives next,
+    # alpha's (R, K, 5) then gamma's (R, K, 3); a copy of the generator replays them.
+    replay = keras.random.SeedGenerator(0)
+    replay.state.assign(numpy(layer.factor_seed_generator.state))
     draws = {}
-    for index, name in enumerate(("alpha", "gamma")):
+    for name, width in (("alpha", 5), ("gamma", 3)):
         distribution = layer.member_factors[name].initializer.distribution()
-        seed = tf.constant(state + np.array([0, index]), tf.int32)
-        draws[name] = np.asarray(distribution.sample((R,), seed=seed).numpy(), np.float64)  # (R, K, d)
-    kernel = np.asarray(layer.kernel.numpy(), np.float64)
+        noise = numpy(keras.random.normal((R, K, width), seed=replay)).astype(np.float64)
+        loc, scale = (np.asarray(numpy(value), np.float64) for value in (distribution.mean(), distribution.stddev()))
+        draws[name] = loc + scale * noise  # (R, K, d)
+    kernel = np.asarray(numpy(layer.kernel), np.float64)
     bias = _factor(layer, "bias")
     ids = _ids(R, K)
     expected = np.stack(
         [((x[i] * draws["alpha"][i, k]) @ kernel) * draws["gamma"][i, k] + bias[k] for i, k in enumerate(ids)]
     )
-    got = layer(x, training=True).numpy()
+    got = numpy(layer(x, training=True))
     _assert_close(got, expected)
     # Rows of one member differ: each row has a draw of its own.
     assert np.abs(draws["alpha"][0, 0] - draws["alpha"][1, 0]).max() > 1e-3
@@ -249,7 +285,7 @@ def test_conv2d_batch_ensemble_on_uneven_blocks_matches_numpy():
     x = rng.normal(size=(R, 5, 5, 2)).astype(np.float32)
     layer.build(x.shape)
     _set_random(layer.member_factors["bias"].variable, rng)
-    kernel = np.asarray(layer.kernel.numpy(), np.float64)
+    kernel = np.asarray(numpy(layer.kernel), np.float64)
     alpha, gamma, bias = (_factor(layer, name) for name in ("alpha", "gamma", "bias"))
     expected = np.stack(
         [
@@ -266,13 +302,13 @@ def test_lpbnn_dense_on_uneven_blocks_matches_numpy():
     layer = DenseLatentPosterior(3, ensemble_size=K, latent_dim=4)
     x = rng.normal(size=(R, 5)).astype(np.float32)
     layer.build(x.shape)
-    vae = {variable.name: np.asarray(variable.numpy(), np.float64) for variable in layer.latent_variables}
+    vae = {variable.name: np.asarray(numpy(variable), np.float64) for variable in layer.latent_variables}
 
     def affine(values, role):
         return values @ vae[f"alpha_{role}_kernel"] + vae[f"alpha_{role}_bias"]
 
     decoded = affine(affine(np.maximum(affine(_factor(layer, "alpha"), "encoder"), 0.0), "mean"), "decoder")
-    kernel = np.asarray(layer.kernel.numpy(), np.float64)
+    kernel = np.asarray(numpy(layer.kernel), np.float64)
     gamma, bias = _factor(layer, "gamma"), _factor(layer, "bias")
     expected = np.stack(
         [((x[i] * decoded[k]) @ kernel) * gamma[k] + bias[k] for i, k in enumerate(_ids(R, K))]
@@ -291,8 +327,8 @@ def test_lstm_cell_on_uneven_blocks_matches_numpy():
     x = rng.normal(size=(R, 3, 4)).astype(np.float32)
     rnn.build(x.shape)
     _set_random(cell.member_factors["bias"].variable, rng, 0.5)
-    kernel = np.asarray(cell.kernel.numpy(), np.float64)
-    recurrent = np.asarray(cell.recurrent_kernel.numpy(), np.float64)
+    kernel = np.asarray(numpy(cell.kernel), np.float64)
+    recurrent = np.asarray(numpy(cell.recurrent_kernel), np.float64)
     f = {name: _factor(cell, name) for name in ("alpha", "gamma", "recurrent_alpha", "recurrent_gamma", "bias")}
     expected = []
     for i, k in enumerate(_ids(R, K)):
@@ -323,10 +359,9 @@ def test_a_members_rows_send_gradient_only_to_its_factor_row(make, names):
     tables = [layer.member_factors[name].variable for name in names]
     ids = _ids(R, K)
     for k in range(K):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(tf.boolean_mask(layer(x), ids == k))
-        for name, gradient in zip(names, tape.gradient(loss, tables)):
-            gradient = tf.convert_to_tensor(gradient).numpy()
+        mask = _member_mask(ids, k, layer.compute_output_shape(x.shape))
+        for name, gradient in zip(names, gradients(lambda: keras.ops.sum(keras.ops.multiply(layer(x), mask)), tables)):
+            gradient = numpy(gradient)
             others = np.delete(gradient, k, axis=0)
             assert np.all(others == 0.0), (name, k)
             assert np.abs(gradient[k]).max() > 1e-6, (name, k)
@@ -339,10 +374,9 @@ def test_per_example_draws_send_gradient_only_to_their_members_posterior():
     locs = [layer.member_factors[name].initializer.loc for name in ("alpha", "gamma")]
     ids = _ids(R, K)
     for k in range(K):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(tf.boolean_mask(layer(x, training=True), ids == k))
-        for gradient in tape.gradient(loss, locs):
-            gradient = tf.convert_to_tensor(gradient).numpy()
+        mask = _member_mask(ids, k, (R, 3))
+        for gradient in gradients(lambda: keras.ops.sum(keras.ops.multiply(layer(x, training=True), mask)), locs):
+            gradient = numpy(gradient)
             assert np.all(np.delete(gradient, k, axis=0) == 0.0)
             assert np.abs(gradient[k]).max() > 1e-6
 
@@ -374,16 +408,16 @@ def test_per_member_batch_norm_on_uneven_blocks_matches_numpy(axis, shape):
     layer.build(x.shape)
     _set_random(layer.gamma, rng)
     _set_random(layer.beta, rng)
-    gamma, beta = (np.asarray(v.numpy(), np.float64) for v in (layer.gamma, layer.beta))
+    gamma, beta = (np.asarray(numpy(v), np.float64) for v in (layer.gamma, layer.beta))
     ids = _ids(R, K)
     expected, means, variances = _batch_norm_reference(x, ids, gamma, beta, layer.epsilon, axis % len(shape))
     _assert_close(layer(x, training=True), expected, rtol=1e-4)
     mean_table = np.stack([means[k] for k in range(K)])
     variance_table = np.stack([variances[k] for k in range(K)])
-    _assert_close(layer.moving_mean.numpy(), 0.1 * mean_table, rtol=1e-4)
-    _assert_close(layer.moving_variance.numpy(), 0.9 + 0.1 * variance_table, rtol=1e-4)
+    _assert_close(layer.moving_mean, 0.1 * mean_table, rtol=1e-4)
+    _assert_close(layer.moving_variance, 0.9 + 0.1 * variance_table, rtol=1e-4)
     # Inference normalises row i with its member's moving statistics.
-    moving_mean, moving_variance = layer.moving_mean.numpy(), layer.moving_variance.numpy()
+    moving_mean, moving_variance = numpy(layer.moving_mean), numpy(layer.moving_variance)
     channels_last = np.moveaxis(x.astype(np.float64), axis % len(shape), -1)
     inference = np.stack(
         [
@@ -402,13 +436,10 @@ def test_per_member_batch_norm_keeps_a_rowless_members_statistics():
     layer.build(x.shape)
     ids = _ids(2, K)
     np.testing.assert_array_equal(ids, [0, 2])
-    with tf.GradientTape() as tape:
-        outputs = layer(x, training=True)
-        loss = tf.reduce_sum(outputs * x)
-    gradients = tape.gradient(loss, [layer.gamma, layer.beta])
+    outputs = layer(x, training=True)  # one training step's moving-statistics update
     expected, means, variances = _batch_norm_reference(x, ids, np.ones((K, 3)), np.zeros((K, 3)), layer.epsilon, 2)
     _assert_close(outputs, expected, rtol=1e-4)
-    moving_mean, moving_variance = layer.moving_mean.numpy(), layer.moving_variance.numpy()
+    moving_mean, moving_variance = numpy(layer.moving_mean), numpy(layer.moving_variance)
     assert np.isfinite(moving_mean).all() and np.isfinite(moving_variance).all()
     for k in (1, 3):
         np.testing.assert_array_equal(moving_mean[k], 0.0)
@@ -416,8 +447,12 @@ def test_per_member_batch_norm_keeps_a_rowless_members_statistics():
     for k in (0, 2):
         _assert_close(moving_mean[k], 0.5 * means[k], rtol=1e-4)
         _assert_close(moving_variance[k], 0.5 + 0.5 * variances[k], rtol=1e-4)
-    for gradient in gradients:
-        gradient = tf.convert_to_tensor(gradient).numpy()
+    # The gradient reads the batch's own statistics, not the moving ones.
+    def loss():
+        return keras.ops.sum(keras.ops.multiply(layer(x, training=True), x))
+
+    for gradient in gradients(loss, [layer.gamma, layer.beta]):
+        gradient = numpy(gradient)
         assert np.isfinite(gradient).all()
         np.testing.assert_array_equal(gradient[[1, 3]], 0.0)
 
@@ -435,7 +470,7 @@ def test_bella_dense_on_uneven_blocks_matches_numpy():
     _set_random(layer.output_factor, rng)
     _set_random(layer.bias, rng)
     weights = (layer.kernel, layer.bias, layer.input_factor, layer.output_factor)
-    kernel, bias, a, b = (np.asarray(v.numpy(), np.float64) for v in weights)
+    kernel, bias, a, b = (np.asarray(numpy(v), np.float64) for v in weights)
     expected = np.stack([x[i] @ (kernel + 1.5 * a[k] @ b[k]) + bias for i, k in enumerate(_ids(R, K))])
     _assert_close(layer(x), expected)
 
@@ -447,7 +482,7 @@ def test_bella_conv_on_uneven_blocks_matches_numpy():
     layer.build(x.shape)
     _set_random(layer.output_factor, rng)
     weights = (layer.kernel, layer.bias, layer.input_factor, layer.output_factor)
-    kernel, bias, a, b = (np.asarray(v.numpy(), np.float64) for v in weights)
+    kernel, bias, a, b = (np.asarray(numpy(v), np.float64) for v in weights)
     expected = np.stack(
         [
             _conv_valid(x[i].astype(np.float64), kernel + np.einsum("hwcr,rf->hwcf", a[k], b[k])) + bias
@@ -478,7 +513,7 @@ def _data(n, seed=0):
 
 
 def _assert_members_differ(model, x):
-    members = r1.member_outputs(model)(x).numpy()  # (N, K, C)
+    members = numpy(r1.member_outputs(model)(x))  # (N, K, C)
     assert np.isfinite(members).all()
     for k in range(1, K):
         assert np.abs(members[:, 0] - members[:, k]).max() > 1e-4
@@ -504,9 +539,9 @@ def test_fit_with_a_short_last_batch_and_per_member_batch_norm(jit_compile):
     history = model.fit(x, y, batch_size=32, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     batch_norm = next(layer for layer in model._flatten_layers() if isinstance(layer, EnsembleBatchNormalization))
-    assert np.isfinite(batch_norm.moving_mean.numpy()).all() and np.isfinite(batch_norm.moving_variance.numpy()).all()
+    assert np.isfinite(numpy(batch_norm.moving_mean)).all() and np.isfinite(numpy(batch_norm.moving_variance)).all()
     # Every member saw its own rows: its moving mean moved away from the initial zeros, differently.
-    moving_mean = batch_norm.moving_mean.numpy()
+    moving_mean = numpy(batch_norm.moving_mean)
     assert np.all(np.abs(moving_mean).max(axis=1) > 1e-3)
     assert np.abs(moving_mean[0] - moving_mean[1]).max() > 1e-4
     _assert_members_differ(model, x[:50])

@@ -14,7 +14,9 @@ from rank1_keras.layers.dropout import MCDropout
 from rank1_keras.models import small_cnn
 from rank1_keras.methods import MethodSettings, build_method_models, inference_model, method_names
 from rank1_keras.methods import MethodSpec, method_spec, register_method, unregister_method
-from rank1_keras.training.tasks import TaskOptions
+from tests.backend_utils import numpy
+
+pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
 
 
 def _plain():
@@ -36,7 +38,7 @@ def test_rank1_gets_the_prior_and_posterior_the_settings_name():
         assert isinstance(factor.regularizer, regularizers.NormalKLDivergence)
         assert (factor.regularizer.mean, factor.regularizer.stddev) == (1.0, 0.2)
         assert factor.regularizer.scale_factor == pytest.approx(1 / 500)
-    means = np.concatenate([np.ravel(v.numpy()) for layer in rank1_layers(model) for v in layer.posterior_variables
+    means = np.concatenate([np.ravel(numpy(v)) for layer in rank1_layers(model) for v in layer.posterior_variables
                             if v.path.endswith("_loc")])
     assert set(np.unique(means)) == {-1.0, 1.0}  # random-sign init
     assert np.mean(means > 0) == pytest.approx(0.75, abs=0.08)
@@ -64,7 +66,7 @@ def test_ensemble_members_are_independent_and_joined_by_averaging():
     keras.utils.set_random_seed(0)
     models = build_method_models(_plain, MethodSettings("ensemble", ensemble_size=3))
     assert len(models) == 3
-    first_kernels = [m.layers[1].kernel.numpy() for m in models]
+    first_kernels = [numpy(m.layers[1].kernel) for m in models]
     assert not np.allclose(first_kernels[0], first_kernels[1])
     x = np.random.default_rng(0).uniform(size=(5, 12, 12, 1)).astype("float32")
     expected = np.mean([m.predict(x, verbose=0) for m in models], axis=0)
@@ -173,21 +175,32 @@ def test_lpbnn_latent_inference_is_selectable():
         layers = [layer for layer in model._flatten_layers() if isinstance(layer, LatentPosteriorMixin)]
         assert layers and all(layer.inference == mode for layer in layers)
         assert settings.eval_samples == (3 if mode == "sample" else 1)
-        outputs[mode] = [model(x, training=False).numpy() for _ in range(2)]
+        outputs[mode] = [numpy(model(x, training=False)) for _ in range(2)]
     np.testing.assert_array_equal(*outputs["mean"])  # z = mu: one deterministic pass
     assert np.abs(outputs["sample"][0] - outputs["sample"][1]).max() > 1e-6  # fresh latent draws
     with pytest.raises(ValueError, match="latent_inference"):
         MethodSettings("lpbnn", latent_inference="median")
 
 
+def _task_options(**options):
+    # The training package (tf.data pipelines) is TensorFlow-only: imported where it is used.
+    from rank1_keras.training.tasks import TaskOptions
+
+    return TaskOptions(**options)
+
+
 @pytest.mark.parametrize(
     "make, pattern",
     [
         (lambda: MethodSettings(method="dropout", dropout_rate=1.0), r"dropout_rate must be in \[0, 1\)"),
-        (lambda: TaskOptions(dropout_rate=1.0), r"dropout_rate must be in \[0, 1\)"),
-        (lambda: TaskOptions(train_examples=-5), r"train_examples must be a non-negative integer"),
-        (lambda: TaskOptions(test_examples=-1), r"test_examples must be a non-negative integer"),
-        (lambda: TaskOptions(shift_examples=-3), r"shift_examples must be a non-negative integer"),
+        pytest.param(lambda: _task_options(dropout_rate=1.0), r"dropout_rate must be in \[0, 1\)",
+                     marks=pytest.mark.backends("tensorflow")),
+        pytest.param(lambda: _task_options(train_examples=-5), r"train_examples must be a non-negative integer",
+                     marks=pytest.mark.backends("tensorflow")),
+        pytest.param(lambda: _task_options(test_examples=-1), r"test_examples must be a non-negative integer",
+                     marks=pytest.mark.backends("tensorflow")),
+        pytest.param(lambda: _task_options(shift_examples=-3), r"shift_examples must be a non-negative integer",
+                     marks=pytest.mark.backends("tensorflow")),
     ],
 )
 def test_meaningless_values_are_refused(make, pattern):

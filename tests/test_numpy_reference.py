@@ -5,20 +5,23 @@ samples are far from the means. The sample a call uses is fixed by replaying
 the layer's seed stream: the layer owns `factor_seed_generator` (a
 `keras.random.SeedGenerator`), whose state is read before the call; the
 stochastic factors are drawn in `member_factors` order, the i-th with seed
-`state + [0, i]`. The test redraws them with
-`initializer.distribution().sample(sample_shape, seed)` and computes the
-expected output with its own convolutions and rank-1 formula:
+`state + [0, i]`. The test redraws the standard noise eps that
+`keras.random.normal` gives for that seed on the current backend, forms the
+sample loc + scale * eps, and computes the expected output with its own
+convolutions and rank-1 formula:
 
     multiplicative: y_k = act(((x o r_k) W) o s_k + b_k)
     additive:       y_k = act(x (W + r_k s_k^T) + b_k)
 
 Rows [k*B, (k+1)*B) of the batch are member k (block order).
+
+The module runs on every Keras backend; each backend's output is checked
+against the same float64 formulas with the same tolerances.
 """
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from rank1_keras.initializers import TrainableNormal
 from rank1_keras.layers import (
@@ -31,6 +34,10 @@ from rank1_keras.layers import (
     LSTMCellBatchEnsemble,
     LSTMCellRank1,
 )
+from rank1_keras import distributions
+from tests.backend_utils import numpy
+
+pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
 
 K = 3  # ensemble size
 B = 2  # examples per member
@@ -49,7 +56,7 @@ def _stochastic(**kwargs):
 
 
 def _assert_close(got, expected, rtol=RTOL):
-    got = np.asarray(got, np.float64)
+    got = numpy(got).astype(np.float64)
     assert got.shape == expected.shape, (got.shape, expected.shape)
     scale = max(np.abs(expected).max(), 1e-12)
     np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * scale)
@@ -59,32 +66,27 @@ def _replay_factors(layer, examples_per_member, sample=True, jit_compile=False):
     """The factor values the next call of `layer` will use, as (K, B, dim) float64.
 
     Must run before the call (it reads the seed generator's current state).
-    With `jit_compile`, the draws are made under XLA, for a call run under
-    XLA (stateless samplers may pick another algorithm there). With
+    With `jit_compile` (TensorFlow), the noise is drawn under XLA, for a call
+    run under XLA (stateless samplers may pick another algorithm there). With
     `sample_per_example` the layer draws the (K, d) table once per row,
     K*B times, and row k*B + b keeps member k's column of its draw.
     """
-    state = layer.factor_seed_generator.state.numpy().astype(np.int64)
+    state = numpy(layer.factor_seed_generator.state).astype(np.int64)
     values = {}
     draw = 0
     for name, factor in layer.member_factors.items():
         if not factor.is_stochastic:
-            value = np.asarray(factor.variable.numpy(), np.float64)[:, None, :]
+            value = numpy(factor.variable).astype(np.float64)[:, None, :]
         elif not sample:
-            value = np.asarray(factor.initializer.loc.numpy(), np.float64)[:, None, :]
+            value = numpy(factor.initializer.loc).astype(np.float64)[:, None, :]
         else:
-            seed = tf.constant(state + np.array([0, draw]), tf.int32)
-            draw += 1
-            distribution = factor.initializer.distribution()
+            assert distributions.family_name(factor.initializer.distribution()) == "Normal"
             rows = layer.ensemble_size * examples_per_member
-            shape = (rows,) if layer.sample_per_example else ()
-
-            def draw_sample(seed, distribution=distribution, shape=shape):
-                return distribution.sample(shape, seed=seed)
-
-            if jit_compile:
-                draw_sample = tf.function(draw_sample, jit_compile=True, autograph=False)
-            drawn = draw_sample(seed).numpy()
+            shape = ((rows,) if layer.sample_per_example else ()) + factor.initializer.shape
+            eps = _standard_normal(state + np.array([0, draw]), shape, jit_compile)
+            draw += 1
+            # The float32 sample the layer forms: loc + scale * eps.
+            drawn = numpy(factor.initializer.loc) + numpy(factor.initializer.scale) * eps
             if layer.sample_per_example:
                 # (K*B, K, d) -> (K, B, K, d); [k, b] keeps draw k*B + b's member-k column.
                 members = np.arange(layer.ensemble_size)
@@ -97,8 +99,29 @@ def _replay_factors(layer, examples_per_member, sample=True, jit_compile=False):
     return values
 
 
+def _standard_normal(seed_state, shape, jit_compile=False):
+    """The float32 noise keras.random.normal gives for the seed `seed_state` on this backend."""
+    generator = keras.random.SeedGenerator(0)
+    generator.state.assign(keras.ops.convert_to_tensor(seed_state, dtype=generator.state.dtype))
+
+    def noise():
+        return keras.random.normal(shape, dtype="float32", seed=generator)
+
+    if jit_compile:
+        import tensorflow as tf
+
+        noise = tf.function(noise, jit_compile=True, autograph=False)
+    eps = numpy(noise())
+    assert eps.dtype == np.float32
+    return eps
+
+
 def _stochastic_factor_count(layer):
     return sum(f.is_stochastic for f in layer.member_factors.values())
+
+
+def _seed_state(layer):
+    return tuple(int(v) for v in numpy(layer.factor_seed_generator.state))
 
 
 def _members(x):
@@ -143,7 +166,7 @@ def _conv_nd(x, kernel, strides, padding, dilations):
 
 def _conv_rank1_reference(layer, x, factors, activation=lambda v: v):
     """Per-example rank-1 convolution in NumPy; x is channels_last (K*B, *spatial, C)."""
-    kernel = np.asarray(layer.kernel.numpy(), np.float64)
+    kernel = numpy(layer.kernel).astype(np.float64)
     xm = _members(x)
     rank = kernel.ndim - 2
     outputs = []
@@ -164,7 +187,7 @@ def _conv_rank1_reference(layer, x, factors, activation=lambda v: v):
 
 
 def _dense_rank1_reference(layer, x, factors, activation=lambda v: v):
-    kernel = np.asarray(layer.kernel.numpy(), np.float64)
+    kernel = numpy(layer.kernel).astype(np.float64)
     xm = _members(x)  # (K, B, ..., D)
     extra = xm.ndim - 3  # dims between the batch and the features
 
@@ -224,16 +247,16 @@ def test_dense_rank1_sampled_forward_matches_numpy(case):
     layer = DenseRank1(5, ensemble_size=K, seed=7, **_stochastic(**options))
     x = np.random.default_rng(0).standard_normal((K * B, 4)).astype(np.float32)
     layer.build(x.shape)
-    assert tuple(layer.factor_seed_generator.state.numpy()) == (7, 0)
+    assert _seed_state(layer) == (7, 0)
     factors = _replay_factors(layer, B)
     # The samples really differ from the means (and between members).
-    alpha_loc = layer.member_factors["alpha"].initializer.loc.numpy()
+    alpha_loc = numpy(layer.member_factors["alpha"].initializer.loc)
     assert np.abs(factors["alpha"] - alpha_loc[:, None, :]).max() > 0.1
     y = layer(x, training=True)
     activation = np.tanh if options.get("activation") == "tanh" else (lambda v: v)
     _assert_close(y, _dense_rank1_reference(layer, x, factors, activation))
     # Exactly one seed per stochastic factor was consumed.
-    assert tuple(layer.factor_seed_generator.state.numpy()) == (7, _stochastic_factor_count(layer))
+    assert _seed_state(layer) == (7, _stochastic_factor_count(layer))
 
 
 def test_dense_rank1_on_3d_inputs_matches_numpy():
@@ -249,9 +272,9 @@ def test_dense_rank1_second_call_uses_the_next_seeds():
     keras.utils.set_random_seed(3)
     layer = DenseRank1(4, ensemble_size=K, seed=5, **_stochastic())
     x = np.random.default_rng(2).standard_normal((K * B, 3)).astype(np.float32)
-    first = layer(x, training=True).numpy()
+    first = numpy(layer(x, training=True))
     factors = _replay_factors(layer, B)
-    second = layer(x, training=True).numpy()
+    second = numpy(layer(x, training=True))
     _assert_close(second, _dense_rank1_reference(layer, x, factors))
     assert np.abs(first - second).max() > 1e-3
 
@@ -271,16 +294,16 @@ def test_dense_rank1_mean_inference_uses_the_loc_and_is_deterministic():
     x = np.random.default_rng(4).standard_normal((K * B, 3)).astype(np.float32)
     layer.build(x.shape)
     means = _replay_factors(layer, B, sample=False)
-    first = layer(x, training=False).numpy()
-    second = layer(x, training=False).numpy()
+    first = numpy(layer(x, training=False))
+    second = numpy(layer(x, training=False))
     _assert_close(first, _dense_rank1_reference(layer, x, means))
     np.testing.assert_array_equal(first, second)
     # In training the factors are still sampled: two calls differ, and each
     # matches its replayed sample.
     factors = _replay_factors(layer, B)
-    train_first = layer(x, training=True).numpy()
+    train_first = numpy(layer(x, training=True))
     _assert_close(train_first, _dense_rank1_reference(layer, x, factors))
-    train_second = layer(x, training=True).numpy()
+    train_second = numpy(layer(x, training=True))
     assert np.abs(train_first - train_second).max() > 1e-3
     assert np.abs(train_first - first).max() > 1e-3
 
@@ -298,9 +321,9 @@ def test_dense_batch_ensemble_matches_numpy_with_random_sign_factors():
     layer.build(x.shape)
     factors = _replay_factors(layer, B)
     assert set(np.unique(factors["alpha"])) == {-1.0, 1.0}
-    y1 = layer(x, training=True).numpy()
+    y1 = numpy(layer(x, training=True))
     _assert_close(y1, _dense_rank1_reference(layer, x, factors))
-    np.testing.assert_array_equal(y1, layer(x, training=True).numpy())
+    np.testing.assert_array_equal(y1, numpy(layer(x, training=True)))
 
 
 def test_dense_block_order_member_k_sees_rows_k():
@@ -312,10 +335,10 @@ def test_dense_block_order_member_k_sees_rows_k():
     x[:B] = 1.0  # only member 0's block is non-zero
     layer.build(x.shape)
     means = _replay_factors(layer, B, sample=False)
-    y = layer(x, training=False).numpy()
+    y = numpy(layer(x, training=False))
     _assert_close(y, _dense_rank1_reference(layer, x, means))
     # Rows of members 1.. are just their biases.
-    bias = layer.member_factors["bias"].variable.numpy()
+    bias = numpy(layer.member_factors["bias"].variable)
     for k in range(1, K):
         np.testing.assert_allclose(y[k * B:(k + 1) * B], np.broadcast_to(bias[k], (B, 2)), rtol=1e-6)
 
@@ -360,7 +383,7 @@ def test_conv2d_rank1_sampled_forward_matches_numpy(case):
     expected = _conv_rank1_reference(layer, x, factors, activation)
     _assert_close(y, expected)
     assert tuple(y.shape) == tuple(layer.compute_output_shape(x.shape))
-    assert tuple(layer.factor_seed_generator.state.numpy()) == (13, 2)
+    assert _seed_state(layer) == (13, 2)
 
 
 def test_conv2d_rank1_mean_inference_is_deterministic_and_uses_loc():
@@ -369,10 +392,10 @@ def test_conv2d_rank1_mean_inference_is_deterministic_and_uses_loc():
     x = np.random.default_rng(7).standard_normal((K * B, 5, 5, 2)).astype(np.float32)
     layer.build(x.shape)
     means = _replay_factors(layer, B, sample=False)
-    first = layer(x, training=False).numpy()
+    first = numpy(layer(x, training=False))
     _assert_close(first, _conv_rank1_reference(layer, x, means))
-    np.testing.assert_array_equal(first, layer(x, training=False).numpy())
-    a, b = layer(x, training=True).numpy(), layer(x, training=True).numpy()
+    np.testing.assert_array_equal(first, numpy(layer(x, training=False)))
+    a, b = numpy(layer(x, training=True)), numpy(layer(x, training=True))
     assert np.abs(a - b).max() > 1e-3
 
 
@@ -395,9 +418,10 @@ def test_conv2d_batch_ensemble_matches_numpy():
 
 
 @pytest.mark.parametrize("additive", [False, True])
-def test_conv2d_rank1_channels_first_matches_numpy_via_xla(additive):
-    """TF's CPU Conv2D kernel does not implement NCHW, so the layer is run
-    through XLA (tf.function(jit_compile=True)), which does."""
+def test_conv2d_rank1_channels_first_matches_numpy(additive):
+    """TF's CPU Conv2D kernel does not implement NCHW, so on TensorFlow the
+    layer is run through XLA (tf.function(jit_compile=True)), which does; JAX
+    and PyTorch run it as it is."""
     keras.utils.set_random_seed(13)
     layer = Conv2DRank1(
         4,
@@ -411,13 +435,19 @@ def test_conv2d_rank1_channels_first_matches_numpy_via_xla(additive):
     )
     x = np.random.default_rng(9).standard_normal((K * B, 3, 6, 5)).astype(np.float32)
     layer.build(x.shape)
-    factors = _replay_factors(layer, B, jit_compile=True)
-    run = tf.function(lambda inputs: layer(inputs, training=True), jit_compile=True, autograph=False)
-    y = run(tf.constant(x)).numpy()
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    factors = _replay_factors(layer, B, jit_compile=on_tensorflow)
+    if on_tensorflow:
+        import tensorflow as tf
+
+        run = tf.function(lambda inputs: layer(inputs, training=True), jit_compile=True, autograph=False)
+        y = numpy(run(tf.constant(x)))
+    else:
+        y = numpy(layer(x, training=True))
     expected = _conv_rank1_reference(layer, np.transpose(x, (0, 2, 3, 1)), factors)
     _assert_close(y, np.transpose(expected, (0, 3, 1, 2)))
     assert tuple(y.shape) == tuple(layer.compute_output_shape(x.shape)) == (K * B, 4, 3, 3)
-    assert tuple(layer.factor_seed_generator.state.numpy()) == (21, 2)
+    assert _seed_state(layer) == (21, 2)
 
 
 def test_conv2d_channels_first_shapes_and_errors():
@@ -475,7 +505,7 @@ def test_conv1d_causal_output_ignores_the_future():
     x = rng.standard_normal((K * B, 8, 2)).astype(np.float32)
     changed = x.copy()
     changed[:, 5:] = rng.standard_normal(changed[:, 5:].shape)
-    y, y_changed = layer(x).numpy(), layer(changed).numpy()
+    y, y_changed = numpy(layer(x)), numpy(layer(changed))
     np.testing.assert_array_equal(y[:, :5], y_changed[:, :5])
     assert np.abs(y[:, 5:] - y_changed[:, 5:]).max() > 1e-3
 
@@ -508,8 +538,8 @@ def _sigmoid(v):
 
 def _lstm_reference(cell, x, factors, return_sequences=False):
     """x: (K*B, T, D); factors (K, B, dim) shared by every time step."""
-    W = np.asarray(cell.kernel.numpy(), np.float64)
-    U = np.asarray(cell.recurrent_kernel.numpy(), np.float64)
+    W = numpy(cell.kernel).astype(np.float64)
+    U = numpy(cell.recurrent_kernel).astype(np.float64)
     units = cell.units
     xm = _members(x)  # (K, B, T, D)
     h = np.zeros((K, xm.shape[1], units))
@@ -565,7 +595,7 @@ def test_lstm_rank1_sampled_forward_matches_numpy(case, return_sequences):
     y = rnn(x, training=True)
     _assert_close(y, _lstm_reference(cell, x, factors, return_sequences))
     # The factors are drawn once per sequence: 4 seeds for 5 time steps.
-    assert tuple(cell.factor_seed_generator.state.numpy()) == (41, 4)
+    assert _seed_state(cell) == (41, 4)
 
 
 def test_lstm_rank1_mean_inference_uses_loc_and_is_deterministic():
@@ -575,19 +605,19 @@ def test_lstm_rank1_mean_inference_uses_loc_and_is_deterministic():
     x = np.random.default_rng(14).standard_normal((K * B, 4, 2)).astype(np.float32)
     rnn.build(x.shape)
     means = _replay_factors(cell, B, sample=False)
-    first = rnn(x, training=False).numpy()
+    first = numpy(rnn(x, training=False))
     _assert_close(first, _lstm_reference(cell, x, means))
-    np.testing.assert_array_equal(first, rnn(x, training=False).numpy())
+    np.testing.assert_array_equal(first, numpy(rnn(x, training=False)))
     factors = _replay_factors(cell, B)
-    train = rnn(x, training=True).numpy()
+    train = numpy(rnn(x, training=True))
     _assert_close(train, _lstm_reference(cell, x, factors))
-    assert np.abs(train - rnn(x, training=True).numpy()).max() > 1e-3
+    assert np.abs(train - numpy(rnn(x, training=True))).max() > 1e-3
 
 
 def test_lstm_default_bias_has_unit_forget_gate_per_member():
     cell = LSTMCellRank1(3, ensemble_size=K)
     keras.layers.RNN(cell).build((K * B, 4, 2))
-    bias = cell.member_factors["bias"].variable.numpy()
+    bias = numpy(cell.member_factors["bias"].variable)
     expected = np.concatenate([np.zeros((K, 3)), np.ones((K, 3)), np.zeros((K, 6))], axis=1)
     np.testing.assert_array_equal(bias, expected)
 

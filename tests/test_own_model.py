@@ -9,12 +9,16 @@ logits and probabilities models give the same ensemble.
 import numpy as np
 import pytest
 import keras
-import tensorflow as tf
 from sklearn.datasets import load_diabetes, load_iris
 
 import rank1_keras as r1
-from rank1_keras.export import export_for_serving
 from rank1_keras.layers import GaussianParameters
+from tests.backend_utils import numpy
+
+# On JAX and PyTorch `fit` runs compiled (jit): the KL terms must reach the loss there too.
+# TensorFlow only: SavedModel export and the (tf.data) training package, marked per test below.
+pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
+TENSORFLOW_ONLY = pytest.mark.backends("tensorflow")
 
 K = 4
 
@@ -88,7 +92,7 @@ def test_batchensemble_with_ones_factors_is_k_copies_on_tiled_batches():
 def _factor_tables(converted):
     layers = [layer for layer in _core(converted).layers if hasattr(layer, "member_factors")]
     assert len(layers) == 2
-    return [layer.member_factors[name].variable.numpy() for layer in layers for name in ("alpha", "gamma")]
+    return [numpy(layer.member_factors[name].variable) for layer in layers for name in ("alpha", "gamma")]
 
 
 def test_default_factors_are_normal_one_half_for_every_batchensemble_layer():
@@ -125,19 +129,50 @@ def _normal_kl(loc, scale, prior_mean=1.0, prior_stddev=0.1):
     )
 
 
+def _closed_form_kl(converted):
+    """The summed closed-form KL of every stochastic factor, from the posterior's current weights."""
+    expected = 0.0
+    for layer in _core(converted).layers:
+        for factor in getattr(layer, "member_factors", {}).values():
+            if factor.is_stochastic:
+                expected += _normal_kl(numpy(factor.initializer.loc), numpy(factor.initializer.scale))
+    return expected
+
+
 def test_rank1_kl_is_the_closed_form_over_train_size():
     x, _ = _iris()
     train_size = 150
     converted = r1.convert(_classifier(), "rank1", K, train_size=train_size)
     converted(x[:8], training=True)
-    kl = float(sum(keras.ops.convert_to_numpy(loss) for loss in converted.losses))
-    expected = 0.0
-    for layer in _core(converted).layers:
-        for factor in getattr(layer, "member_factors", {}).values():
-            if factor.is_stochastic:
-                expected += _normal_kl(factor.initializer.loc.numpy(), factor.initializer.scale.numpy())
+    kl = float(sum(numpy(loss) for loss in converted.losses))
+    expected = _closed_form_kl(converted)
     assert expected > 0
     np.testing.assert_allclose(kl, expected / train_size, rtol=1e-4)
+
+
+class _NoLikelihood(keras.losses.Loss):
+    """A data term of zero: the loss `fit` reports is then the model's added losses (the KL) alone."""
+
+    def call(self, y_true, y_pred):
+        return 0.0 * keras.ops.mean(y_pred, axis=-1)
+
+
+def test_rank1_kl_reaches_the_loss_of_the_compiled_fit_step():
+    # On JAX `fit` runs a jitted, stateless train step: the KL must come out of it in the loss
+    # (and its gradient pull the posterior towards the prior), not stay an eager side effect.
+    x, y = _iris()
+    train_size = len(x)
+    converted = r1.convert(_classifier(), "rank1", K, train_size=train_size)
+    converted.compile(keras.optimizers.Adam(0.01), _NoLikelihood())
+    if keras.backend.backend() == "jax":
+        assert converted.jit_compile is True
+    expected = [_closed_form_kl(converted)]
+    reported = []
+    for _ in range(2):  # one step per epoch: the loss it reports is the KL before that step's update
+        reported += converted.fit(x, y, epochs=1, batch_size=train_size, shuffle=False, verbose=0).history["loss"]
+        expected.append(_closed_form_kl(converted))
+    np.testing.assert_allclose(reported, np.array(expected[:2]) / train_size, rtol=1e-4)
+    assert expected[2] < expected[1] < expected[0]  # the KL alone moves the posterior towards the prior
 
 
 def test_rank1_without_train_size_names_it():
@@ -178,8 +213,8 @@ def _numpy_member(converted, x, member):
     hidden_layer, output_layer = _core(converted).layers[1:3]
     activations = x.astype(np.float64)
     for layer, activation in ((hidden_layer, lambda z: np.maximum(z, 0)), (output_layer, None)):
-        factors = {name: f.variable.numpy().astype(np.float64) for name, f in layer.member_factors.items()}
-        z = ((activations * factors["alpha"][member]) @ layer.kernel.numpy()) * factors["gamma"][member]
+        factors = {name: numpy(f.variable).astype(np.float64) for name, f in layer.member_factors.items()}
+        z = ((activations * factors["alpha"][member]) @ numpy(layer.kernel)) * factors["gamma"][member]
         z = z + factors["bias"][member]
         activations = activation(z) if activation else np.exp(z - z.max(-1, keepdims=True))
     return activations / activations.sum(-1, keepdims=True)
@@ -219,9 +254,9 @@ def test_logits_model_gives_the_same_ensemble_as_the_probabilities_model(method)
     logits = logits_model.predict(x, verbose=0)
     # The averaged output is the mixture's log-probabilities: softmax gives the mean probability,
     # which is not the softmax of the mean logit.
-    np.testing.assert_allclose(keras.ops.softmax(logits).numpy(), probabilities, atol=1e-5)
+    np.testing.assert_allclose(numpy(keras.ops.softmax(logits)), probabilities, atol=1e-5)
     member_logits = _members(logits_model, x)
-    mean_logit_softmax = keras.ops.softmax(member_logits.mean(1)).numpy()
+    mean_logit_softmax = numpy(keras.ops.softmax(member_logits.mean(1)))
     assert np.abs(mean_logit_softmax - probabilities).max() > 1e-3
     # Losses on member rows and on averaged outputs agree between the two forms.
     rows = {m: np.concatenate(np.moveaxis(_members(m, x), 1, 0)) for m in (probabilities_model, logits_model)}
@@ -236,7 +271,10 @@ def test_logits_model_gives_the_same_ensemble_as_the_probabilities_model(method)
         )
 
 
+@TENSORFLOW_ONLY  # predict_members and TrainData: the tf.data training package
 def test_logits_model_trains_with_from_logits_and_evaluates_in_probability_space():
+    import tensorflow as tf
+
     from rank1_keras.training.evaluation import predict_members
     from rank1_keras.training.loop import TrainData
 
@@ -246,7 +284,7 @@ def test_logits_model_trains_with_from_logits_and_evaluates_in_probability_space
     converted.fit(x, y, epochs=20, batch_size=32, verbose=0)
     members, labels = predict_members(converted, TrainData(tf.data.Dataset.from_tensor_slices((x, y)), len(x)), batch_size=7)
     np.testing.assert_allclose(members.sum(-1), 1.0, atol=1e-9)
-    expected = keras.ops.softmax(np.moveaxis(_members(converted, x), 1, 0)).numpy()
+    expected = numpy(keras.ops.softmax(np.moveaxis(_members(converted, x), 1, 0)))
     np.testing.assert_allclose(members, expected, atol=1e-5)
     assert np.mean(members.mean(0).argmax(-1) == labels) > 0.8
 
@@ -258,7 +296,12 @@ def test_a_model_without_softmax_needs_output_type():
         r1.convert(_classifier(None), "batchensemble", K, output_type="logit")
 
 
+@TENSORFLOW_ONLY  # a SavedModel
 def test_export_of_a_logits_model_serves_probabilities(tmp_path):
+    import tensorflow as tf
+
+    from rank1_keras.export import export_for_serving
+
     x, _ = _iris()
     probabilities_model, logits_model = _twins("batchensemble", {})
     served = {}
@@ -363,7 +406,7 @@ def test_gaussian_mixture_moments():
     rng = np.random.default_rng(2)
     means, scales = rng.normal(size=(K, 3, 1)), rng.uniform(0.5, 1.5, size=(K, 3, 1))
     heads = np.concatenate([means, scales], -1).reshape(K * 3, 2).astype(np.float32)
-    averaged = r1.AverageMembers(K, output_type="gaussian")(heads).numpy()
+    averaged = numpy(r1.AverageMembers(K, output_type="gaussian")(heads))
     np.testing.assert_allclose(averaged[:, :1], means.mean(0), rtol=1e-5)
     total_variance = (scales**2).mean(0) + means.var(0)  # aleatoric + epistemic
     np.testing.assert_allclose(averaged[:, 1:] ** 2, total_variance, rtol=1e-5)
@@ -404,10 +447,40 @@ def test_bad_labels_are_one_clear_error():
         r1.AverageNLL(K)(np.zeros(3, np.int32), probabilities)
     with pytest.raises(ValueError, match=r"one-hot rows with 3 classes"):
         r1.AverageNLL(K)(np.eye(5)[[0, 1]], probabilities)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"class index outside \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"class index outside \[0, 3\)"):
         r1.AverageNLL(K)(np.array([0, 7]), probabilities)
     with pytest.raises(ValueError, match=r"ignore_class must be an integer"):
         r1.AverageNLL(K, ignore_class="void")
+
+
+def test_a_bad_label_in_fit_stops_the_step_or_makes_its_loss_nan():
+    """Inside `fit` the labels' values are unknown while the step is traced (documented in losses.py)."""
+    x, y = _iris()
+    y = y.copy()
+    y[40] = 7  # in the second batch
+    converted = r1.convert(_classifier(), "batchensemble", K)
+    backend = keras.backend.backend()
+    # TensorFlow: a tf.function step (no XLA, which would drop the assertion) stops at run time.
+    jit_compile = False if backend == "tensorflow" else "auto"
+    converted.compile(keras.optimizers.Adam(0.01), r1.AverageNLL(K), jit_compile=jit_compile)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"class index outside \[0, 3\)"):
+            converted.fit(x, y, batch_size=32, shuffle=False, verbose=0)
+    elif backend == "torch":  # an eager step: the values are known
+        with pytest.raises(ValueError, match=r"class index outside \[0, 3\) .*min and max: 0 7"):
+            converted.fit(x, y, batch_size=32, shuffle=False, verbose=0)
+    else:  # JAX's jit: nothing can raise; the bad label's loss is NaN, which TerminateOnNonFinite stops at
+        assert converted.jit_compile is True
+        before = [numpy(v).copy() for v in converted.trainable_variables]
+        with pytest.raises(FloatingPointError, match=r"epoch 1, batch 2: the training loss became nan"):
+            converted.fit(x, y, batch_size=32, shuffle=False, verbose=0, callbacks=[r1.TerminateOnNonFinite()])
+        assert int(converted.optimizer.iterations) == 1
+        assert all(np.isfinite(numpy(v)).all() for v in converted.trainable_variables)
+        assert any(np.abs(numpy(v) - b).max() > 0 for v, b in zip(converted.trainable_variables, before))
+        history = converted.fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=0)
+        assert np.isnan(history.history["loss"][0])
 
 
 def test_a_regression_head_of_the_wrong_width_is_named():
@@ -433,7 +506,10 @@ def test_mean_iou_against_a_hand_count():
     assert mean_iou(probabilities, labels) == pytest.approx(expected)
 
 
+@TENSORFLOW_ONLY  # predict_members and TrainData: the tf.data training package
 def test_per_pixel_evaluation_leaves_out_the_ignore_label():
+    import tensorflow as tf
+
     from rank1_keras.training.evaluation import predict_members
     from rank1_keras.training.loop import TrainData
 
@@ -449,7 +525,12 @@ def test_per_pixel_evaluation_leaves_out_the_ignore_label():
     np.testing.assert_allclose(members, expected, atol=1e-5)
 
 
+@TENSORFLOW_ONLY  # a SavedModel
 def test_export_of_a_segmentation_model_serves_per_pixel_uncertainty(tmp_path):
+    import tensorflow as tf
+
+    from rank1_keras.export import export_for_serving
+
     rng = np.random.default_rng(7)
     images = rng.random((3, 8, 8, 1)).astype(np.float32)
     converted = r1.convert(_segmenter(), "batchensemble", K)
@@ -487,7 +568,12 @@ def test_streaming_metrics_count_pixels_and_skip_the_ignore_label():
         assert float(from_logits.result()) == pytest.approx(expected, abs=1e-5)
 
 
+@TENSORFLOW_ONLY  # a SavedModel
 def test_a_float_feature_export_refuses_non_finite_inputs(tmp_path):
+    import tensorflow as tf
+
+    from rank1_keras.export import export_for_serving
+
     x, _ = _iris()
     converted = r1.convert(_classifier(), "batchensemble", K)
     serve = tf.saved_model.load(export_for_serving(converted, str(tmp_path / "iris"))).signatures["serving_default"]

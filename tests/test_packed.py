@@ -11,6 +11,9 @@ from rank1_keras.layers import Conv1DPackedEnsemble, Conv2DPackedEnsemble, Dense
 from rank1_keras.methods.packed import member_width
 from rank1_keras.models import small_cnn
 from rank1_keras.methods.settings import MethodSettings, build_method_models
+from tests.backend_utils import numpy
+
+pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
 
 RNG = np.random.default_rng(0)
 
@@ -27,8 +30,8 @@ def test_dense_member_rows_meet_their_own_grouped_kernel(rows, groups):
     layer = DensePackedEnsemble(6, ensemble_size=3, groups=groups, activation="tanh",
                                 bias_initializer="random_normal")
     x = RNG.normal(size=(rows, 8)).astype("float32")
-    y = np.asarray(layer(x))
-    kernel, bias = (np.asarray(w, dtype=np.float64) for w in (layer.kernel, layer.bias))
+    y = numpy(layer(x))
+    kernel, bias = (numpy(w).astype(np.float64) for w in (layer.kernel, layer.bias))
     assert kernel.shape == (3, groups, 8 // groups, 6 // groups)
     expected = np.zeros((rows, 6))
     for member, index in enumerate(_member_blocks(rows, 3)):
@@ -45,30 +48,30 @@ def test_conv2d_member_rows_equal_keras_grouped_conv_with_the_members_weights(ro
     layer = Conv2DPackedEnsemble(4, 3, ensemble_size=2, groups=2, padding="same", activation="relu",
                                  bias_initializer="random_normal")
     x = RNG.normal(size=(rows, 6, 6, 4)).astype("float32")
-    y = np.asarray(layer(x))
+    y = numpy(layer(x))
     for member, index in enumerate(_member_blocks(rows, 2)):
         reference = keras.layers.Conv2D(4, 3, padding="same", groups=2, activation="relu")
         reference.build((None, 6, 6, 4))
-        reference.set_weights([np.asarray(layer.kernel[member]), np.asarray(layer.bias[member])])
-        np.testing.assert_allclose(y[index], np.asarray(reference(x[index])), rtol=1e-5, atol=1e-5)
+        reference.set_weights([numpy(layer.kernel[member]), numpy(layer.bias[member])])
+        np.testing.assert_allclose(y[index], numpy(reference(x[index])), rtol=1e-5, atol=1e-5)
 
 
 def test_conv1d_causal_member_rows_equal_keras_conv1d():
     layer = Conv1DPackedEnsemble(3, 2, ensemble_size=2, padding="causal")
     x = RNG.normal(size=(4, 7, 2)).astype("float32")
-    y = np.asarray(layer(x))
+    y = numpy(layer(x))
     for member, index in enumerate(_member_blocks(4, 2)):
         reference = keras.layers.Conv1D(3, 2, padding="causal")
         reference.build((None, 7, 2))
-        reference.set_weights([np.asarray(layer.kernel[member]), np.asarray(layer.bias[member])])
-        np.testing.assert_allclose(y[index], np.asarray(reference(x[index])), rtol=1e-5, atol=1e-5)
+        reference.set_weights([numpy(layer.kernel[member]), numpy(layer.bias[member])])
+        np.testing.assert_allclose(y[index], numpy(reference(x[index])), rtol=1e-5, atol=1e-5)
 
 
 def test_members_start_independent_with_one_members_glorot_variance():
     keras.utils.set_random_seed(1)
     layer = DensePackedEnsemble(200, ensemble_size=4)
     layer.build((None, 300))
-    kernel = np.asarray(layer.kernel)[:, 0]  # (K, 300, 200)
+    kernel = numpy(layer.kernel)[:, 0]  # (K, 300, 200)
     expected_std = np.sqrt(2.0 / (300 + 200))  # Glorot for one member's fans, not the stacked table's
     for member in range(4):
         assert abs(kernel[member].std() / expected_std - 1) < 0.02
@@ -95,7 +98,7 @@ def test_layers_round_trip_config_and_keras_file(layer, tmp_path):
     clone = type(layer).from_config(layer.get_config())
     clone(x)
     clone.set_weights(layer.get_weights())
-    np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(layer(x)), rtol=1e-6)
+    np.testing.assert_allclose(numpy(clone(x)), numpy(layer(x)), rtol=1e-6)
     path = os.path.join(tmp_path, "packed.keras")
     model.save(path)
     np.testing.assert_allclose(keras.saving.load_model(path).predict(x, verbose=0), model.predict(x, verbose=0),
@@ -115,8 +118,8 @@ def _narrow_member(packed_core, member):
             layer = type(packed).from_config(packed.get_config())
         x = layer(x)
         if isinstance(packed, (Conv2DPackedEnsemble, DensePackedEnsemble)):
-            kernel = np.asarray(packed.kernel[member])
-            layer.set_weights([kernel[0] if kernel.ndim == 3 else kernel, np.asarray(packed.bias[member])])
+            kernel = numpy(packed.kernel[member])
+            layer.set_weights([kernel[0] if kernel.ndim == 3 else kernel, numpy(packed.bias[member])])
     return keras.Model(inputs, x)
 
 

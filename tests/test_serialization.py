@@ -1,4 +1,5 @@
-"""Every public layer round-trips: get_config/from_config, .keras files, SavedModel."""
+"""Every public layer round-trips: get_config/from_config, .keras files (on every backend, and
+from one backend to another), SavedModel (TensorFlow)."""
 
 import json
 import os
@@ -9,10 +10,13 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from rank1_keras import ensemble, losses
+from tests.backend_utils import numpy
 from tests.layer_cases import CASES, build_case_model, case_inputs
+
+pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _perturb_weights(model, seed=0):
@@ -20,7 +24,7 @@ def _perturb_weights(model, seed=0):
     # anything shows up as a difference.
     rng = np.random.default_rng(seed)
     for variable in model.trainable_variables:
-        value = variable.numpy()
+        value = numpy(variable)
         variable.assign(value + rng.normal(scale=0.1, size=value.shape).astype(value.dtype))
 
 
@@ -39,18 +43,21 @@ def test_keras_file_round_trip_gives_same_outputs(name, tmp_path):
     model, _ = build_case_model(name)
     _perturb_weights(model)
     x = case_inputs(name)
-    expected = model(x, training=False).numpy()
+    expected = numpy(model(x, training=False))
     path = str(tmp_path / "model.keras")
     model.save(path)
     restored = keras.saving.load_model(path)
-    np.testing.assert_allclose(restored(x, training=False).numpy(), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(numpy(restored(x, training=False)), expected, rtol=1e-6, atol=1e-6)
     assert [v.name for v in restored.weights] == [v.name for v in model.weights]
     for before, after in zip(model.weights, restored.weights):
-        np.testing.assert_array_equal(before.numpy(), after.numpy())
+        np.testing.assert_array_equal(numpy(before), numpy(after))
 
 
+@pytest.mark.backends("tensorflow")
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_saved_model_export_gives_same_outputs(name, tmp_path):
+    import tensorflow as tf
+
     model, _ = build_case_model(name)
     _perturb_weights(model)
     x = case_inputs(name)
@@ -61,6 +68,7 @@ def test_saved_model_export_gives_same_outputs(name, tmp_path):
     np.testing.assert_allclose(restored.serve(x).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.backends("tensorflow")
 def test_saved_model_runs_in_a_fresh_process_without_the_package(tmp_path):
     """Exports of every layer load with plain TensorFlow, rank1_keras unimportable."""
     expected = {}
@@ -106,7 +114,7 @@ def test_ensemble_layers_round_trip(make, tmp_path):
     path = str(tmp_path / "m.keras")
     model.save(path)
     x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
-    np.testing.assert_allclose(keras.saving.load_model(path)(x).numpy(), model(x).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(numpy(keras.saving.load_model(path)(x)), numpy(model(x)), rtol=1e-6)
 
 
 @pytest.mark.parametrize("loss_class", [losses.AverageNLL, losses.MixtureNLL])
@@ -128,8 +136,50 @@ def test_seeded_models_are_reproducible():
         layer = DenseRank1(5, ensemble_size=3, alpha_initializer=__import__("rank1_keras").initializers.TrainableNormal(initial_stddev=0.2))
         model = keras.Model(inputs, layer(ensemble.TileEnsemble(3)(inputs)))
         x = np.ones((2, 6), "float32")
-        outputs.append([model(x, training=True).numpy() for _ in range(2)])
+        outputs.append([numpy(model(x, training=True)) for _ in range(2)])
     np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
     np.testing.assert_array_equal(outputs[0][1], outputs[1][1])
     # ... while successive draws within a run differ.
     assert np.abs(outputs[0][0] - outputs[0][1]).max() > 1e-3
+
+
+# A backend saves every case model with perturbed weights, then another backend loads it.
+_SAVE_AND_LOAD = r"""
+import json, os, sys
+import keras, numpy as np
+from tests.backend_utils import numpy
+from tests.layer_cases import CASES, build_case_model, case_inputs
+from tests.test_serialization import _perturb_weights
+
+directory, mode = sys.argv[1], sys.argv[2]
+for name in sorted(CASES):
+    x = case_inputs(name)
+    if mode == "save":
+        keras.utils.set_random_seed(5)
+        model, _ = build_case_model(name)
+        _perturb_weights(model)
+        model.save(os.path.join(directory, name + ".keras"))
+    else:
+        model = keras.saving.load_model(os.path.join(directory, name + ".keras"))
+    np.save(os.path.join(directory, f"{name}_{keras.backend.backend()}_{mode}.npy"), numpy(model(x, training=False)))
+"""
+
+
+def _run_backend(backend, directory, mode):
+    completed = subprocess.run(
+        [sys.executable, "-c", _SAVE_AND_LOAD, str(directory), mode], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=600,
+    )
+    assert completed.returncode == 0, f"KERAS_BACKEND={backend} {mode}:\n{completed.stderr[-3000:]}"
+
+
+@pytest.mark.backends("tensorflow")
+@pytest.mark.parametrize("saved_by, loaded_by", [("tensorflow", "jax"), ("jax", "torch"), ("torch", "tensorflow")])
+def test_a_model_saved_under_one_backend_loads_under_another_with_the_same_outputs(tmp_path, saved_by, loaded_by):
+    """Every layer's .keras file, written by one backend, gives the same outputs under another."""
+    _run_backend(saved_by, tmp_path, "save")
+    _run_backend(loaded_by, tmp_path, "load")
+    for name in sorted(CASES):
+        saved = np.load(tmp_path / f"{name}_{saved_by}_save.npy")
+        loaded = np.load(tmp_path / f"{name}_{loaded_by}_load.npy")
+        np.testing.assert_allclose(loaded, saved, rtol=1e-5, atol=1e-5, err_msg=f"{name}: {saved_by} -> {loaded_by}")

@@ -5,7 +5,7 @@ so member k convolves with W o (r_k s_k^T) broadcast over the kernel window.
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from rank1_keras import validation
 from rank1_keras.layers.rank1_mechanics import (
@@ -60,7 +60,7 @@ class ConvolutionMixin:
             # Left-pad the time axis so output t sees inputs <= t (as keras.layers.Conv1D).
             left = self.dilation_rate[0] * (self.kernel_size[0] - 1)
             pad = [[0, 0], [left, 0], [0, 0]] if self.data_format == "channels_last" else [[0, 0], [0, 0], [left, 0]]
-            inputs = tf.pad(inputs, pad)
+            inputs = ops.pad(inputs, pad)
             padding = "valid"
         return keras.ops.conv(
             inputs,
@@ -166,11 +166,11 @@ class _ConvRank1(ConvolutionMixin, Rank1Mixin, keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2, axes={channel_axis: input_channels})
 
     def _kernel_op(self, inputs):
-        return self._convolve(inputs, tf.convert_to_tensor(self.kernel))
+        return self._convolve(inputs, self.kernel)
 
     def _summed_kernel_op(self, inputs):
         # An all-ones one-channel kernel: sums <x, r> over each kernel window.
-        return self._convolve(inputs, tf.ones(self.kernel_size + (1, 1), dtype=inputs.dtype))
+        return self._convolve(inputs, ops.ones(self.kernel_size + (1, 1), dtype=inputs.dtype))
 
     def call(self, inputs, training=False):
         factors = self._draw_factors(self._member_rows(inputs), self._samples_factors(training))
@@ -212,8 +212,8 @@ class Conv1DRank1(_ConvRank1):
 
     Example:
 
-    >>> Conv1DRank1(8, 3, ensemble_size=2)(tf.ones((4, 10, 3))).shape
-    TensorShape([4, 8, 8])
+    >>> tuple(Conv1DRank1(8, 3, ensemble_size=2)(keras.ops.ones((4, 10, 3))).shape)
+    (4, 8, 8)
     """
 
     def __init__(self, filters, kernel_size, **kwargs):
@@ -239,8 +239,8 @@ class Conv2DRank1(_ConvRank1):
 
     Example:
 
-    >>> Conv2DRank1(8, 3, ensemble_size=2, padding="same")(tf.ones((4, 5, 5, 3))).shape
-    TensorShape([4, 5, 5, 8])
+    >>> tuple(Conv2DRank1(8, 3, ensemble_size=2, padding="same")(keras.ops.ones((4, 5, 5, 3))).shape)
+    (4, 5, 5, 8)
     """
 
     def __init__(self, filters, kernel_size, **kwargs):
@@ -268,8 +268,8 @@ class Conv2DBatchEnsemble(Conv2DRank1):
 
     Example:
 
-    >>> Conv2DBatchEnsemble(8, 3, ensemble_size=2)(tf.ones((4, 5, 5, 3))).shape
-    TensorShape([4, 3, 3, 8])
+    >>> tuple(Conv2DBatchEnsemble(8, 3, ensemble_size=2)(keras.ops.ones((4, 5, 5, 3))).shape)
+    (4, 3, 3, 8)
     """
 
     def __init__(self, filters, kernel_size, **kwargs):

@@ -1,7 +1,7 @@
 """Dense layers with per-member rank-1 factors: rank-1 BNN and BatchEnsemble."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from rank1_keras import validation
 from rank1_keras.layers.rank1_mechanics import (
@@ -52,8 +52,8 @@ class DenseRank1(Rank1Mixin, keras.layers.Layer):
     Example:
 
     >>> layer = DenseRank1(16, ensemble_size=4)
-    >>> layer(tf.ones((8, 3))).shape     # 4 members x 2 examples
-    TensorShape([8, 16])
+    >>> tuple(layer(keras.ops.ones((8, 3))).shape)     # 4 members x 2 examples
+    (8, 16)
     """
 
     def __init__(
@@ -122,7 +122,7 @@ class DenseRank1(Rank1Mixin, keras.layers.Layer):
         return outputs
 
     def _kernel_op(self, inputs):
-        return tf.tensordot(inputs, tf.convert_to_tensor(self.kernel), axes=[[-1], [0]])
+        return ops.tensordot(inputs, self.kernel, axes=[[-1], [0]])
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
@@ -153,8 +153,8 @@ class DenseBatchEnsemble(DenseRank1):
     Example:
 
     >>> layer = DenseBatchEnsemble(16, ensemble_size=4)
-    >>> layer(tf.ones((8, 3))).shape
-    TensorShape([8, 16])
+    >>> tuple(layer(keras.ops.ones((8, 3))).shape)
+    (8, 16)
     """
 
     def __init__(self, units, **kwargs):

@@ -18,7 +18,7 @@ class MCDropout(keras.layers.Dropout):
     Example:
 
     >>> layer = MCDropout(0.5, seed=1)
-    >>> bool((layer(keras.ops.ones((1, 100))) == 0).numpy().any())   # drops with training=False
+    >>> bool((keras.ops.convert_to_numpy(layer(keras.ops.ones((1, 100)))) == 0).any())   # drops with training=False
     True
     """
 

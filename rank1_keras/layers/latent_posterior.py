@@ -24,9 +24,11 @@ the rows of the encoded tables in `_draw_factors`.
 """
 
 import dataclasses
+import functools
+import math
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from rank1_keras import initializers as rank1_initializers
 from rank1_keras import validation
@@ -35,9 +37,20 @@ from rank1_keras.layers.dense import DenseBatchEnsemble
 from rank1_keras.layers.recurrent import LSTMCellBatchEnsemble
 
 
+def _mean(values):
+    """The mean of every entry of a static-shape tensor, as sum / count.
+
+    Not `ops.mean`: on JAX and PyTorch Keras computes the mean of float64
+    values in float32. TensorFlow's reduce_mean is this same sum and division.
+    """
+    values = ops.convert_to_tensor(values)
+    return ops.sum(values) / math.prod(values.shape)
+
+
 def reconstruction_error(factor, decoded):
     """MSE between a (K, d) factor table and its reconstruction, averaged over K and d."""
-    return tf.reduce_mean(tf.square(decoded - factor))
+    factor, decoded = ops.convert_to_tensor(factor), ops.convert_to_tensor(decoded)
+    return _mean(ops.square(decoded - factor))
 
 
 def kl_to_standard_normal(mean, log_variance):
@@ -46,8 +59,9 @@ def kl_to_standard_normal(mean, log_variance):
     Summed over the latent dimensions (last axis) and averaged over the
     members (first axis).
     """
-    per_member = -0.5 * tf.reduce_sum(1.0 + log_variance - tf.square(mean) - tf.exp(log_variance), axis=-1)
-    return tf.reduce_mean(per_member)
+    mean, log_variance = ops.convert_to_tensor(mean), ops.convert_to_tensor(log_variance)
+    per_member = -0.5 * ops.sum(1.0 + log_variance - ops.square(mean) - ops.exp(log_variance), axis=-1)
+    return _mean(per_member)
 
 
 @dataclasses.dataclass
@@ -87,7 +101,7 @@ class LatentPosterior:
 
 
 def _affine(inputs, kernel, bias):
-    return tf.matmul(inputs, tf.convert_to_tensor(kernel)) + tf.convert_to_tensor(bias)
+    return ops.matmul(inputs, kernel) + bias
 
 
 class LatentPosteriorMixin:
@@ -168,7 +182,7 @@ class LatentPosteriorMixin:
         return [v for posterior in self._latent_posteriors.values() for v in posterior.variables]
 
     def _encode(self, posterior, factor):
-        hidden = tf.nn.relu(_affine(factor, posterior.encoder_kernel, posterior.encoder_bias))
+        hidden = ops.relu(_affine(factor, posterior.encoder_kernel, posterior.encoder_bias))
         mean = _affine(hidden, posterior.mean_kernel, posterior.mean_bias)
         log_variance = _affine(hidden, posterior.log_variance_kernel, posterior.log_variance_bias)
         return mean, log_variance
@@ -177,24 +191,26 @@ class LatentPosteriorMixin:
         values = super()._draw_factors(rows, sample, add_kl)
         loss_terms = []
         for name, posterior in self._latent_posteriors.items():
-            factor = tf.convert_to_tensor(self._member_factors[name].variable)
+            factor = ops.convert_to_tensor(self._member_factors[name].variable)
             mean, log_variance = self._encode(posterior, factor)
             latent = mean
             if sample:
-                seed = tf.cast(self.factor_seed_generator.next(), tf.int32)
-                noise = tf.random.stateless_normal(mean.shape, seed=seed, dtype=mean.dtype)
-                latent = mean + tf.exp(0.5 * log_variance) * noise
+                # One eps per member: (K, latent_dim), the next seed of the layer's generator.
+                noise = keras.random.normal(
+                    (self.ensemble_size, self.latent_dim), dtype=mean.dtype, seed=self.factor_seed_generator
+                )
+                latent = mean + ops.exp(0.5 * log_variance) * noise
             decoded = _affine(latent, posterior.decoder_kernel, posterior.decoder_bias)
             values[name] = rows.expand(decoded)
             if add_kl:
                 # In float32 whatever the compute dtype, like the other losses.
-                as_float = [tf.cast(t, tf.float32) for t in (factor, decoded, mean, log_variance)]
+                as_float = [ops.cast(t, "float32") for t in (factor, decoded, mean, log_variance)]
                 loss_terms.append(
                     reconstruction_error(as_float[0], as_float[1]) + kl_to_standard_normal(as_float[2], as_float[3])
                 )
         if loss_terms:
             # The layer's term is the mean over its VAEs (one for Dense/Conv).
-            self.add_loss(self.latent_loss_weight * tf.add_n(loss_terms) / len(loss_terms))
+            self.add_loss(self.latent_loss_weight * functools.reduce(ops.add, loss_terms) / len(loss_terms))
         return values
 
     def get_config(self):
@@ -234,8 +250,8 @@ class DenseLatentPosterior(LatentPosteriorMixin, DenseBatchEnsemble):
     Example:
 
     >>> layer = DenseLatentPosterior(16, ensemble_size=4, latent_dim=8)
-    >>> layer(tf.ones((8, 3))).shape     # 4 members x 2 examples
-    TensorShape([8, 16])
+    >>> tuple(layer(keras.ops.ones((8, 3))).shape)     # 4 members x 2 examples
+    (8, 16)
     >>> len(layer.latent_variables)      # kernel and bias of encoder, two heads, decoder
     8
     >>> len(layer.losses)                # latent_loss_weight * (MSE + KL)
@@ -287,8 +303,8 @@ class Conv1DLatentPosterior(_ConvLatentPosterior, Conv1DBatchEnsemble):
     %s
     Example:
 
-    >>> Conv1DLatentPosterior(8, 3, ensemble_size=2)(tf.ones((4, 10, 3))).shape
-    TensorShape([4, 8, 8])
+    >>> tuple(Conv1DLatentPosterior(8, 3, ensemble_size=2)(keras.ops.ones((4, 10, 3))).shape)
+    (4, 8, 8)
     """
 
 
@@ -302,8 +318,9 @@ class Conv2DLatentPosterior(_ConvLatentPosterior, Conv2DBatchEnsemble):
     %s
     Example:
 
-    >>> Conv2DLatentPosterior(8, 3, ensemble_size=2, padding="same")(tf.ones((4, 5, 5, 3))).shape
-    TensorShape([4, 5, 5, 8])
+    >>> layer = Conv2DLatentPosterior(8, 3, ensemble_size=2, padding="same")
+    >>> tuple(layer(keras.ops.ones((4, 5, 5, 3))).shape)
+    (4, 5, 5, 8)
     """
 
 
@@ -321,8 +338,8 @@ class LSTMCellLatentPosterior(LatentPosteriorMixin, LSTMCellBatchEnsemble):
     Example:
 
     >>> rnn = keras.layers.RNN(LSTMCellLatentPosterior(8, ensemble_size=2, latent_dim=4))
-    >>> rnn(tf.ones((4, 5, 3))).shape
-    TensorShape([4, 8])
+    >>> tuple(rnn(keras.ops.ones((4, 5, 3))).shape)
+    (4, 8)
     """
 
     _factor_argument_names = ("alpha", "gamma", "recurrent_alpha", "recurrent_gamma")

@@ -36,7 +36,7 @@ import numbers
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from rank1_keras import validation
 from rank1_keras.layers.convolutional import ConvolutionMixin
@@ -159,8 +159,8 @@ class DenseLowRankEnsemble(LowRankEnsembleMixin, keras.layers.Layer):
     Example:
 
     >>> layer = DenseLowRankEnsemble(16, ensemble_size=3, rank=2)
-    >>> layer(tf.ones((6, 4))).shape        # 3 particles x 2 examples
-    TensorShape([6, 16])
+    >>> tuple(layer(keras.ops.ones((6, 4))).shape)        # 3 particles x 2 examples
+    (6, 16)
     >>> [tuple(v.shape) for v in layer.perturbation_variables]
     [(3, 4, 2), (3, 2, 16)]
     """
@@ -209,13 +209,14 @@ class DenseLowRankEnsemble(LowRankEnsembleMixin, keras.layers.Layer):
     def _low_rank_delta(self, inputs):
         """(scale/r) (x A_k) B_k for every row, as an (R, ..., units) tensor: each particle on its own block."""
         rows = MemberRows(inputs, self.ensemble_size)
-        input_factor = tf.convert_to_tensor(self.input_factor)
-        output_factor = tf.convert_to_tensor(self.output_factor)
+        # Each variable read once, then sliced per particle.
+        input_factor = ops.convert_to_tensor(self.input_factor)
+        output_factor = ops.convert_to_tensor(self.output_factor)
         deltas = []
         for particle, block in enumerate(rows.split(inputs)):
             # Scale the rank-r activations, not the wide output.
-            low = tf.tensordot(block, input_factor[particle], axes=1) * self.perturbation_factor
-            deltas.append(tf.tensordot(low, output_factor[particle], axes=1))
+            low = ops.tensordot(block, input_factor[particle], axes=1) * self.perturbation_factor
+            deltas.append(ops.tensordot(low, output_factor[particle], axes=1))
         return rows.concat(deltas)
 
     def compute_output_shape(self, input_shape):
@@ -278,7 +279,7 @@ class _ConvLowRankEnsemble(ConvolutionMixin, LowRankEnsembleMixin, keras.layers.
         if self.use_bias:
             shape = [1] * (self.spatial_rank + 2)
             shape[self._channel_axis] = self.filters
-            outputs = outputs + tf.reshape(tf.convert_to_tensor(self.bias), shape)
+            outputs = outputs + ops.reshape(self.bias, shape)
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
@@ -287,15 +288,15 @@ class _ConvLowRankEnsemble(ConvolutionMixin, LowRankEnsembleMixin, keras.layers.
         """(scale/r) conv(x, A_k) B_k for every row: one r-channel convolution per particle, on its own block."""
         rows = MemberRows(inputs, self.ensemble_size)
         members = rows.split(inputs)
-        input_factor = tf.convert_to_tensor(self.input_factor)
-        output_factor = tf.convert_to_tensor(self.output_factor)
+        input_factor = ops.convert_to_tensor(self.input_factor)
+        output_factor = ops.convert_to_tensor(self.output_factor)
         deltas = []
         for particle in range(self.ensemble_size):
             low = self._convolve(members[particle], input_factor[particle]) * self.perturbation_factor
             # The 1x1 projection B_k: rank channels -> filters.
-            delta = tf.tensordot(low, output_factor[particle], axes=[[self._channel_axis % low.shape.rank], [0]])
+            delta = ops.tensordot(low, output_factor[particle], axes=[[self._channel_axis % len(low.shape)], [0]])
             if self.data_format == "channels_first":
-                delta = tf.transpose(delta, [0, self.spatial_rank + 1] + list(range(1, self.spatial_rank + 1)))
+                delta = ops.transpose(delta, [0, self.spatial_rank + 1] + list(range(1, self.spatial_rank + 1)))
             deltas.append(delta)
         return rows.concat(deltas)
 
@@ -315,8 +316,8 @@ class Conv1DLowRankEnsemble(_ConvLowRankEnsemble):
 
     Example:
 
-    >>> Conv1DLowRankEnsemble(8, 3, ensemble_size=2, rank=2)(tf.ones((4, 10, 3))).shape
-    TensorShape([4, 8, 8])
+    >>> tuple(Conv1DLowRankEnsemble(8, 3, ensemble_size=2, rank=2)(keras.ops.ones((4, 10, 3))).shape)
+    (4, 8, 8)
     """
 
     spatial_rank = 1
@@ -341,8 +342,8 @@ class Conv2DLowRankEnsemble(_ConvLowRankEnsemble):
     Example:
 
     >>> layer = Conv2DLowRankEnsemble(8, 3, ensemble_size=2, rank=2, padding="same")
-    >>> layer(tf.ones((4, 5, 5, 3))).shape
-    TensorShape([4, 5, 5, 8])
+    >>> tuple(layer(keras.ops.ones((4, 5, 5, 3))).shape)
+    (4, 5, 5, 8)
     >>> [tuple(v.shape) for v in layer.perturbation_variables]
     [(2, 3, 3, 3, 2), (2, 2, 8)]
     """

@@ -1,7 +1,10 @@
 """Per-member batch normalisation for ensembles, as BatchEnsemble and rank-1 papers use."""
 
+import functools
+import operator
+
 import keras
-import tensorflow as tf
+from keras import ops
 
 from rank1_keras import validation
 from rank1_keras.layers.rank1_mechanics import MemberRows
@@ -26,8 +29,8 @@ class EnsembleBatchNormalization(keras.layers.Layer):
     Example:
 
     >>> layer = EnsembleBatchNormalization(ensemble_size=2)
-    >>> layer(tf.ones((4, 3)), training=False).shape
-    TensorShape([4, 3])
+    >>> tuple(layer(keras.ops.ones((4, 3)), training=False).shape)
+    (4, 3)
     """
 
     def __init__(
@@ -100,7 +103,7 @@ class EnsembleBatchNormalization(keras.layers.Layer):
         """(K, C) -> one row per input row, (R, C), broadcastable on the rank-`rank` input."""
         shape = [1] * rank
         shape[0], shape[self._channel_axis] = -1, table.shape[-1]
-        return tf.reshape(rows.expand(table), shape)
+        return ops.reshape(rows.expand(table), shape)
 
     def _member_moments(self, inputs, rows):
         """Each member's mean and variance over its own rows and the non-channel axes.
@@ -111,46 +114,48 @@ class EnsembleBatchNormalization(keras.layers.Layer):
         counted as 1: it has nothing to normalise, and no NaN reaches the
         gradients).
         """
-        axes = [a for a in range(1, inputs.shape.rank) if a != self._channel_axis]
-        positions = tf.cast(tf.reduce_prod(tf.gather(tf.shape(inputs), tf.constant(axes, tf.int32))), inputs.dtype)
-        counts = tf.maximum(tf.cast(rows.sizes, inputs.dtype), 1.0)[:, None] * positions
+        rank = len(inputs.shape)
+        axes = [a for a in range(1, rank) if a != self._channel_axis]
+        # Static sizes where known (every size on JAX and PyTorch), scalar tensors under TF tracing.
+        shape = ops.shape(inputs)
+        positions = ops.cast(functools.reduce(operator.mul, [shape[a] for a in axes], 1), inputs.dtype)
+        counts = ops.maximum(ops.cast(rows.sizes, inputs.dtype), 1.0)[:, None] * positions
 
         def member_means(values):
-            per_row = tf.reduce_sum(values, axis=axes) if axes else values  # (R, C)
+            per_row = ops.sum(values, axis=axes) if axes else values  # (R, C)
             return rows.sum(per_row) / counts
 
         mean = member_means(inputs)
         # d var / d mean = 0 at the mean: stop its gradient there, as tf.nn.moments does.
-        centred = inputs - self._row_table(rows, tf.stop_gradient(mean), inputs.shape.rank)
-        variance = member_means(tf.square(centred))
+        centred = inputs - self._row_table(rows, ops.stop_gradient(mean), rank)
+        variance = member_means(ops.square(centred))
         return mean, variance
 
     def call(self, inputs, training=False, mask=None):
         # In float32 at least, as keras.layers.BatchNormalization: float16 sums of squares overflow.
-        inputs = tf.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        dtype = keras.backend.result_type(inputs.dtype, "float32")
+        inputs = ops.cast(inputs, dtype)
         rows = MemberRows(inputs, self.ensemble_size)
         if training:
             mean, variance = self._member_moments(inputs, rows)
             # A member without rows in this batch keeps its statistics (momentum 1).
-            momentum = tf.where(rows.sizes > 0, tf.cast(self.momentum, inputs.dtype), 1.0)[:, None]
+            momentum = ops.where(rows.sizes > 0, ops.cast(self.momentum, dtype), ops.cast(1.0, dtype))[:, None]
             for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
-                moving.assign(
-                    tf.cast(tf.cast(moving, inputs.dtype) * momentum + batch * (1.0 - momentum), moving.dtype)
-                )
+                moving.assign(ops.cast(ops.cast(moving, dtype) * momentum + batch * (1.0 - momentum), moving.dtype))
         else:
-            mean = tf.cast(self.moving_mean, inputs.dtype)
-            variance = tf.cast(self.moving_variance, inputs.dtype)
+            mean = ops.cast(self.moving_mean, dtype)
+            variance = ops.cast(self.moving_variance, dtype)
         # y = x * scale_k + offset_k, scale_k = gamma_k / sqrt(var_k + eps) and
         # offset_k = beta_k - mean_k * scale_k: two (K, C) tables to expand.
-        scale = tf.math.rsqrt(variance + self.epsilon)
+        scale = ops.rsqrt(variance + self.epsilon)
         if self.scale:
-            scale = scale * tf.cast(self.gamma, inputs.dtype)
+            scale = scale * ops.cast(self.gamma, dtype)
         offset = -mean * scale
         if self.center:
-            offset = offset + tf.cast(self.beta, inputs.dtype)
-        rank = inputs.shape.rank
+            offset = offset + ops.cast(self.beta, dtype)
+        rank = len(inputs.shape)
         outputs = inputs * self._row_table(rows, scale, rank) + self._row_table(rows, offset, rank)
-        return tf.cast(outputs, self.compute_dtype)
+        return ops.cast(outputs, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

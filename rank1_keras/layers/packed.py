@@ -23,7 +23,7 @@ Keras layer of its width would.
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from rank1_keras import validation
 from rank1_keras.layers.convolutional import ConvolutionMixin
@@ -109,17 +109,16 @@ class PackedEnsembleMixin:
             outputs = one_member_at_a_time()
         elif isinstance(count, int):
             outputs = all_members_output(inputs) if count % self.ensemble_size == 0 else one_member_at_a_time()
-        else:
-            outputs = tf.cond(
-                tf.equal(count % self.ensemble_size, 0), lambda: all_members_output(inputs), one_member_at_a_time
+        else:  # R known only when the graph runs (TensorFlow tracing)
+            outputs = ops.cond(
+                ops.equal(count % self.ensemble_size, 0), lambda: all_members_output(inputs), one_member_at_a_time
             )
-        outputs.set_shape(self.compute_output_shape(inputs.shape))
         if self.use_bias:
             bias = rows.expand(self.bias)  # (R, units): each row its member's bias
             shape = [-1] + [1] * (len(outputs.shape) - 2) + [bias.shape[-1]]
             if getattr(self, "data_format", "channels_last") == "channels_first":
                 shape = [-1, bias.shape[-1]] + [1] * (len(outputs.shape) - 2)
-            outputs = outputs + tf.reshape(bias, shape)
+            outputs = outputs + ops.reshape(bias, shape)
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
@@ -159,8 +158,8 @@ class DensePackedEnsemble(PackedEnsembleMixin, keras.layers.Layer):
     Example:
 
     >>> layer = DensePackedEnsemble(6, ensemble_size=2, groups=2)
-    >>> layer(tf.ones((4, 8))).shape, tuple(layer.kernel.shape)
-    (TensorShape([4, 6]), (2, 2, 4, 3))
+    >>> tuple(layer(keras.ops.ones((4, 8))).shape), tuple(layer.kernel.shape)
+    ((4, 6), (2, 2, 4, 3))
     """
 
     def __init__(
@@ -193,17 +192,19 @@ class DensePackedEnsemble(PackedEnsembleMixin, keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
 
     def call(self, inputs):
+        def with_units(outputs, like):
+            # `like`'s shape with `units` last; static sizes stay static under TF tracing.
+            return ops.reshape(outputs, ops.shape(like)[:-1] + (self.units,))
+
         def member_output(block, member):
             kernel = self.kernel[member]  # (γ, d_in/γ, units/γ)
-            grouped = keras.ops.reshape(block, (-1, self.groups, block.shape[-1] // self.groups))
-            outputs = keras.ops.einsum("ngi,gio->ngo", grouped, kernel)
-            return keras.ops.reshape(outputs, tf.concat([tf.shape(block)[:-1], [self.units]], 0))
+            grouped = ops.reshape(block, (-1, self.groups, block.shape[-1] // self.groups))
+            return with_units(ops.einsum("ngi,gio->ngo", grouped, kernel), block)
 
         def all_members_output(rows):
             # Block order with even blocks: reshaping to (K, rows / K, ...) puts member k's rows at index k.
-            grouped = keras.ops.reshape(rows, (self.ensemble_size, -1, self.groups, rows.shape[-1] // self.groups))
-            outputs = keras.ops.einsum("kngi,kgio->kngo", grouped, self.kernel)
-            return keras.ops.reshape(outputs, tf.concat([tf.shape(rows)[:-1], [self.units]], 0))
+            grouped = ops.reshape(rows, (self.ensemble_size, -1, self.groups, rows.shape[-1] // self.groups))
+            return with_units(ops.einsum("kngi,kgio->kngo", grouped, self.kernel), rows)
 
         return self._member_blocks(inputs, member_output, all_members_output)
 
@@ -275,8 +276,8 @@ class Conv1DPackedEnsemble(_ConvPackedEnsemble):
 
     Example:
 
-    >>> Conv1DPackedEnsemble(4, 3, ensemble_size=2, padding="same")(tf.ones((4, 10, 3))).shape
-    TensorShape([4, 10, 4])
+    >>> tuple(Conv1DPackedEnsemble(4, 3, ensemble_size=2, padding="same")(keras.ops.ones((4, 10, 3))).shape)
+    (4, 10, 4)
     """
 
     spatial_rank = 1
@@ -300,8 +301,8 @@ class Conv2DPackedEnsemble(_ConvPackedEnsemble):
     Example:
 
     >>> layer = Conv2DPackedEnsemble(8, 3, ensemble_size=2, groups=2)
-    >>> layer(tf.ones((4, 6, 6, 4))).shape, tuple(layer.kernel.shape)
-    (TensorShape([4, 4, 4, 8]), (2, 3, 3, 2, 8))
+    >>> tuple(layer(keras.ops.ones((4, 6, 6, 4))).shape), tuple(layer.kernel.shape)
+    ((4, 4, 4, 8), (2, 3, 3, 2, 8))
     """
 
     spatial_rank = 2

@@ -26,7 +26,7 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from rank1_keras import initializers as rank1_initializers
 from rank1_keras import regularizers as rank1_regularizers
@@ -70,7 +70,8 @@ class MemberRows:
     rows [ceil(k R / K), ceil((k+1) R / K)): block sizes differ by at most
     one, and when K divides R every member owns B = R / K rows, rows
     [k*B, (k+1)*B). With R < K some members own no row. R may be known only
-    when the graph runs (a dynamic batch size).
+    when the graph runs (a dynamic batch size under TensorFlow's tracing;
+    JAX and PyTorch always know it).
 
     Args:
         rows: the (R, ...) tensor whose rows are assigned, or R itself (an
@@ -80,25 +81,24 @@ class MemberRows:
     Example:
 
     >>> rows = MemberRows(7, 3)
-    >>> rows.ids.numpy().tolist(), rows.sizes.numpy().tolist()
+    >>> keras.ops.convert_to_numpy(rows.ids).tolist(), keras.ops.convert_to_numpy(rows.sizes).tolist()
     ([0, 0, 0, 1, 1, 2, 2], [3, 2, 2])
-    >>> rows.expand(tf.constant([[1.0], [2.0], [3.0]]))[:, 0].numpy().tolist()
+    >>> expanded = rows.expand(keras.ops.convert_to_tensor([[1.0], [2.0], [3.0]]))
+    >>> keras.ops.convert_to_numpy(expanded)[:, 0].tolist()
     [1.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
     """
 
     def __init__(self, rows, ensemble_size):
         self.ensemble_size = validation.check_positive_int(ensemble_size, "ensemble_size")
         if not isinstance(rows, numbers.Integral):
-            rows = tf.convert_to_tensor(rows)
-            if rows.shape.rank == 0:  # R itself, as a tensor
-                static = tf.get_static_value(rows)
-                rows = tf.cast(rows, tf.int32) if static is None else int(static)
+            if len(getattr(rows, "shape", ())) == 0:  # R itself, as a tensor
+                rows = _static_int(rows)
             else:
-                rows = rows.shape[0] if rows.shape[0] is not None else tf.shape(rows)[0]
+                rows = rows.shape[0] if rows.shape[0] is not None else ops.shape(rows)[0]
         if isinstance(rows, numbers.Integral) and rows < 0:
             raise ValueError(f"The number of rows must be non-negative; got {rows}.")
         # A Python int when the row count is static, else a scalar int32 tensor.
-        self.row_count = int(rows) if isinstance(rows, numbers.Integral) else rows
+        self.row_count = int(rows) if isinstance(rows, numbers.Integral) else ops.cast(rows, "int32")
         # Built once per dtype: a layer expands several factor tables with the same rows.
         self._one_hots = {}
 
@@ -107,7 +107,7 @@ class MemberRows:
         k = self.ensemble_size
         if isinstance(self.row_count, int):
             return [-(-j * self.row_count // k) for j in range(k + 1)]
-        return (tf.range(k + 1) * self.row_count + k - 1) // k
+        return (ops.arange(k + 1, dtype="int32") * self.row_count + k - 1) // k
 
     def _sizes(self):
         starts = self._starts()
@@ -118,21 +118,21 @@ class MemberRows:
     @property
     def sizes(self):
         """(K,) int32: the number of rows each member owns."""
-        return tf.convert_to_tensor(self._sizes(), tf.int32)
+        return ops.convert_to_tensor(self._sizes(), "int32")
 
     @functools.cached_property
     def ids(self):
         """(R,) int32: the member of each row, floor(i K / R)."""
         k, count = self.ensemble_size, self.row_count
         if isinstance(count, int):
-            return tf.constant(np.arange(count) * k // max(count, 1), tf.int32)
-        return tf.range(count) * k // tf.maximum(count, 1)
+            return ops.convert_to_tensor(np.arange(count, dtype="int32") * k // max(count, 1), "int32")
+        return ops.arange(count, dtype="int32") * k // ops.maximum(count, 1)
 
     def one_hot(self, dtype="float32"):
         """(R, K): row i is the indicator of its member."""
-        dtype = tf.as_dtype(dtype)
+        dtype = keras.backend.standardize_dtype(dtype)
         if dtype not in self._one_hots:
-            self._one_hots[dtype] = keras.ops.one_hot(self.ids, self.ensemble_size, dtype=dtype)
+            self._one_hots[dtype] = ops.one_hot(self.ids, self.ensemble_size, dtype=dtype)
         return self._one_hots[dtype]
 
     def expand(self, table):
@@ -142,26 +142,42 @@ class MemberRows:
         and the gradient to the table is dense, member k's row summing its
         rows' gradients.
         """
-        table = tf.convert_to_tensor(table)
-        return tf.matmul(self.one_hot(table.dtype), table)
+        table = ops.convert_to_tensor(table)
+        return ops.matmul(self.one_hot(table.dtype), table)
 
     def sum(self, values):
         """(R, dim) -> (K, dim): each member's sum over its own rows, one_hot^T @ values."""
-        values = tf.convert_to_tensor(values)
-        return tf.matmul(self.one_hot(values.dtype), values, transpose_a=True)
+        values = ops.convert_to_tensor(values)
+        return ops.matmul(ops.transpose(self.one_hot(values.dtype)), values)
 
     def select(self, draws):
-        """(R, K, dim) -> (R, dim): row i keeps draws[i, k] of its own member k."""
-        return tf.gather(draws, self.ids, axis=1, batch_dims=1)
+        """(R, K, dim) -> (R, dim): row i keeps draws[i, k] of its own member k (exact: one term per row)."""
+        draws = ops.convert_to_tensor(draws)
+        return ops.einsum("rk,rkd->rd", self.one_hot(draws.dtype), draws)
 
     def split(self, tensor):
         """(R, ...) -> K tensors, member k's rows (empty for a member with none)."""
-        return tf.split(tensor, self._sizes(), num=self.ensemble_size, axis=0)
+        if self.ensemble_size == 1:
+            return [tensor]  # (TensorFlow's split refuses zero split points)
+        starts = self._starts()
+        if isinstance(starts, list):
+            return ops.split(tensor, starts[1:-1], axis=0)
+        # R known only when the graph runs (TensorFlow tracing): gather each block.
+        return [ops.take(tensor, ops.arange(starts[k], starts[k + 1], dtype="int32"), axis=0)
+                for k in range(self.ensemble_size)]
 
     @staticmethod
     def concat(parts):
         """K member blocks -> the (R, ...) tensor in block order: the inverse of `split`."""
-        return tf.concat(list(parts), axis=0)
+        return ops.concatenate(list(parts), axis=0)
+
+
+def _static_int(value):
+    """`value` as a Python int when it is known now, else the tensor itself."""
+    try:
+        return int(ops.convert_to_numpy(value))
+    except Exception:  # a symbolic tensor (TensorFlow tracing): known only when the graph runs
+        return value
 
 
 class Rank1Mixin:
@@ -345,8 +361,7 @@ class Rank1Mixin:
             per_row = sample and self.sample_per_example
             if sample:
                 sample_shape = [rows.row_count] if per_row else []
-                seed = tf.cast(self.factor_seed_generator.next(), tf.int32)
-                random_variable = factor.initializer(sample_shape=sample_shape, seed=seed)
+                random_variable = factor.initializer(sample_shape=sample_shape, seed=self.factor_seed_generator)
             else:
                 distribution = factor.initializer.distribution()
                 random_variable = RandomVariable(distribution, value=distribution.mode())
@@ -355,7 +370,7 @@ class Rank1Mixin:
             if add_kl and factor.regularizer is not None:
                 kl_terms.append(factor.regularizer(random_variable))
         if kl_terms:
-            self.add_loss(self.kl_weight * tf.add_n(kl_terms))
+            self.add_loss(self.kl_weight * functools.reduce(ops.add, kl_terms))
         return values
 
     # -- applying them -----------------------------------------------------
@@ -371,7 +386,7 @@ class Rank1Mixin:
             return rows
         shape = [1] * rank
         shape[0], shape[channel_axis % rank] = -1, rows.shape[-1]
-        return tf.reshape(rows, shape)
+        return ops.reshape(rows, shape)
 
     def _apply_rank1(self, inputs, alpha, gamma, kernel_op, summed_kernel_op=None, channel_axis=-1):
         """Applies the shared kernel with each row's rank-1 factors r=alpha, s=gamma.
@@ -385,18 +400,18 @@ class Rank1Mixin:
                 so that <x, r> s^T is the rank-1 weight's contribution.
             channel_axis: the channel axis of inputs and outputs.
         """
-        r = self._broadcast_factor(alpha, inputs.shape.rank, channel_axis)
+        r = self._broadcast_factor(alpha, len(inputs.shape), channel_axis)
         if not self.use_additive_perturbation:
             outputs = kernel_op(inputs * r)
-            return outputs * self._broadcast_factor(gamma, outputs.shape.rank, channel_axis)
+            return outputs * self._broadcast_factor(gamma, len(outputs.shape), channel_axis)
         outputs = kernel_op(inputs)
-        projected = tf.reduce_sum(inputs * r, axis=channel_axis, keepdims=True)
+        projected = ops.sum(inputs * r, axis=channel_axis, keepdims=True)
         if summed_kernel_op is not None:
             projected = summed_kernel_op(projected)
-        return outputs + projected * self._broadcast_factor(gamma, outputs.shape.rank, channel_axis)
+        return outputs + projected * self._broadcast_factor(gamma, len(outputs.shape), channel_axis)
 
     def _add_member_bias(self, outputs, bias, channel_axis=-1):
-        return outputs + self._broadcast_factor(bias, outputs.shape.rank, channel_axis)
+        return outputs + self._broadcast_factor(bias, len(outputs.shape), channel_axis)
 
     # -- config ------------------------------------------------------------
 

@@ -9,7 +9,7 @@ sequence sees the same member weights.
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from rank1_keras import validation
 from rank1_keras.layers.rank1_mechanics import (
@@ -47,8 +47,8 @@ class LSTMCellRank1(Rank1Mixin, keras.layers.LSTMCell):
     Example:
 
     >>> rnn = keras.layers.RNN(LSTMCellRank1(8, ensemble_size=2))
-    >>> rnn(tf.ones((4, 5, 3))).shape
-    TensorShape([4, 8])
+    >>> tuple(rnn(keras.ops.ones((4, 5, 3))).shape)
+    (4, 8)
     """
 
     def __init__(
@@ -208,17 +208,17 @@ class LSTMCellRank1(Rank1Mixin, keras.layers.LSTMCell):
             factors["alpha"],
             factors["gamma"],
             # Step inputs are 2-D: a plain matmul avoids tensordot's reshapes inside the time loop.
-            kernel_op=lambda x: tf.matmul(x, tf.convert_to_tensor(self.kernel)),
+            kernel_op=lambda x: ops.matmul(x, self.kernel),
         )
         z = z + self._apply_rank1(
             h_tm1,
             factors["recurrent_alpha"],
             factors["recurrent_gamma"],
-            kernel_op=lambda h: tf.matmul(h, tf.convert_to_tensor(self.recurrent_kernel)),
+            kernel_op=lambda h: ops.matmul(h, self.recurrent_kernel),
         )
         if self.use_bias:
             z = self._add_member_bias(z, factors["bias"])
-        z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)
+        z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
         i = self.recurrent_activation(z_i)
         f = self.recurrent_activation(z_f)
         c = f * c_tm1 + i * self.activation(z_c)
@@ -241,8 +241,8 @@ class LSTMCellBatchEnsemble(LSTMCellRank1):
     Example:
 
     >>> rnn = keras.layers.RNN(LSTMCellBatchEnsemble(8, ensemble_size=2))
-    >>> rnn(tf.ones((4, 5, 3))).shape
-    TensorShape([4, 8])
+    >>> tuple(rnn(keras.ops.ones((4, 5, 3))).shape)
+    (4, 8)
     """
 
     def __init__(self, units, **kwargs):

@@ -72,8 +72,18 @@ def _options_for(layer_class, options):
     return {name: value for name, value in options.items() if name in accepted}
 
 
+def copy_of(variable):
+    """A new tensor with `variable`'s value, for another variable to hold.
+
+    `assign(variable)` would hand the converted layer the original's own array
+    on JAX, where a compiled step donates its state's buffers: a `predict` or
+    `fit` of the converted model would delete the original's weights.
+    """
+    return keras.ops.copy(variable.value)
+
+
 def _copy_kernel_and_bias(original, converted, ensemble_size):
-    converted.kernel.assign(original.kernel)
+    converted.kernel.assign(copy_of(original.kernel))
     if original.use_bias:
         converted.member_factors["bias"].variable.assign(_tile(original.bias.numpy(), ensemble_size))
 
@@ -109,9 +119,9 @@ def convert_low_rank(layer_class):
         new_layer = layer_class(ensemble_size=ensemble_size, **arguments, **_options_for(layer_class, options))
 
         def copy_weights():
-            new_layer.kernel.assign(layer.kernel)
+            new_layer.kernel.assign(copy_of(layer.kernel))
             if layer.use_bias:
-                new_layer.bias.assign(layer.bias)
+                new_layer.bias.assign(copy_of(layer.bias))
 
         return new_layer, copy_weights
 
@@ -127,8 +137,8 @@ def convert_lstm(cell_class):
         new_layer = keras.layers.RNN(cell, **_base_arguments(config, _RNN_ARGUMENTS))
 
         def copy_weights():
-            cell.kernel.assign(layer.cell.kernel)
-            cell.recurrent_kernel.assign(layer.cell.recurrent_kernel)
+            cell.kernel.assign(copy_of(layer.cell.kernel))
+            cell.recurrent_kernel.assign(copy_of(layer.cell.recurrent_kernel))
             if layer.cell.use_bias:
                 cell.member_factors["bias"].variable.assign(_tile(layer.cell.bias.numpy(), ensemble_size))
 

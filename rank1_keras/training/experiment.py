@@ -30,6 +30,7 @@ import time
 
 import keras
 
+from rank1_keras import validation
 from rank1_keras.methods.converter import _trainable_count
 from rank1_keras.methods.settings import MethodSettings, build_method_models, inference_model, training_options
 from rank1_keras.training import evaluation
@@ -74,6 +75,7 @@ def run_experiment(
         task: the already loaded `load_task(dataset, task_options)`, to share
             one load between runs (None: load it here).
     """
+    validation.require_tensorflow("run_experiment", "tf.distribute training, tf.data pipelines")
     strategy = strategy or make_strategy("default")
     chief = is_chief(strategy)
     writes = write_files and chief

@@ -311,6 +311,7 @@ def train(
     Returns:
         A `TrainingRecord`.
     """
+    validation.require_tensorflow("the training loop", "a tf.distribute strategy.run loop over tf.data")
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
     global_batch = settings.per_replica_batch_size * replicas

@@ -288,9 +288,8 @@ class SVGDTrainer(keras.Model):
     """
 
     def __init__(self, model, train_size, prior_stddev=None, member_loss_reduction="mean", **kwargs):
+        validation.require_tensorflow("SVGDTrainer", "its train_step uses tf.GradientTape and tf.distribute")
         super().__init__(**kwargs)
-        if keras.backend.backend() != "tensorflow":
-            raise ValueError(f"SVGDTrainer needs the TensorFlow backend; got {keras.backend.backend()!r}.")
         self.bella_model = model
         self.train_size = validation.check_positive_int(train_size, "train_size")
         if prior_stddev is not None:
