@@ -20,12 +20,15 @@ collect_ignore = ["edward2_reference.py"]
 BACKEND = keras.backend.backend()
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` selects: the slow marks added here count
 def pytest_collection_modifyitems(config, items):
     """Keeps the tests that run on this Keras backend: a module's `backends(...)` marker
     (unmarked: TensorFlow only). The others are deselected, not skipped: nothing counts as
-    passing that did not run."""
+    passing that did not run. `slow_off_tensorflow` tests are `slow` on JAX and PyTorch."""
     kept, dropped = [], []
     for item in items:
+        if BACKEND != "tensorflow" and item.get_closest_marker("slow_off_tensorflow") is not None:
+            item.add_marker(pytest.mark.slow)
         marker = item.get_closest_marker("backends")
         backends = marker.args if marker is not None else ("tensorflow",)
         (kept if BACKEND in backends else dropped).append(item)

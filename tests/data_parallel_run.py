@@ -1,11 +1,12 @@
 """Trains a converted model on JAX, on one device or data-parallel over two; writes its weights.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=2 KERAS_BACKEND=jax \\
-        python -m tests.data_parallel_run rank1 parallel out.npz
+        python -m tests.data_parallel_run parallel out_dir      # out_dir/<method>.npz, each method
 
 Run by tests/test_data_parallel.py (a process of its own: JAX fixes its device count when it starts).
 """
 
+import os
 import sys
 
 import keras
@@ -14,7 +15,10 @@ import numpy as np
 import rank1_keras as r1
 
 
-def main(method, mode, path):
+METHODS = ("batchensemble", "rank1")
+
+
+def main(mode, directory):
     import jax
 
     if mode == "parallel":
@@ -22,6 +26,11 @@ def main(method, mode, path):
         if len(devices) != 2:
             raise SystemExit(f"expected 2 CPU devices (XLA_FLAGS); got {devices}")
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    for method in METHODS:
+        train(method, os.path.join(directory, f"{method}.npz"))
+
+
+def train(method, path):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, 6)).astype("float32")
