@@ -27,6 +27,7 @@ from pathlib import Path
 SECTIONS = (
     ("layers", "benchmarks.layers", "Layer cost"),
     ("models", "benchmarks.models", "Model cost"),
+    ("serving", "benchmarks.serving", "Serving cost on every backend"),
     ("quality", "benchmarks.quality", "Quality"),
     ("ensemble_gap", "benchmarks.ensemble_gap", "Ensemble gap"),
 )

@@ -263,3 +263,104 @@ class MemberAxis(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "ensemble_size": self.ensemble_size}
+
+
+def _member_aware_layers(model):
+    """The layers of `model` that treat rows by member (they have an `ensemble_size`), RNN cells and wrapped layers included."""
+    found = []
+    for layer in model.layers:
+        for candidate in (layer, getattr(layer, "cell", None), getattr(layer, "layer", None)):
+            if candidate is not None and hasattr(candidate, "ensemble_size"):
+                found.append(candidate)
+    return found
+
+
+@keras.saving.register_keras_serializable(package="rank1_keras")
+class MemberChains(keras.Model):
+    """An ensemble's converted network, run as K member chains at inference on large batches.
+
+    Built like a functional model, `MemberChains(inputs, outputs, name=...)`;
+    `rank1_keras.convert` builds the network between `TileEnsemble` and
+    `AverageMembers` with it. Its rows are in block order, member k's block
+    [k*B, (k+1)*B). In training, and at inference on fewer than
+    `chains_from_batch` examples per member, it runs its graph once over all
+    K*B rows (the tiled form, each layer scaling rows by their member's
+    factors). At inference on larger batches, when every member-aware layer
+    supports it (rank-1/BatchEnsemble/LP-BNN Dense and Conv layers whose
+    factors are not drawn at inference, per-member batch norm), it runs the
+    graph K times, chain k on member k's block with every layer set to member
+    k: folded kernels W_k = W o r_k s_k^T, member k's biases and statistics.
+    That is the graph of K separate networks (what `join_ensemble` runs):
+    independent chains a CPU runs side by side, and kernel + bias +
+    activation ops the backends fuse, where the tiled form spends extra
+    passes over every activation (docs/benchmarks.md, "Serving cost").
+    Both forms compute the same outputs, up to float rounding.
+
+    Attributes:
+        chains_from_batch: examples per member from which inference runs
+            member chains; None keeps the tiled form always. The default
+            is per backend, from the serving benchmark on CPUs: 16 on
+            TensorFlow and PyTorch, None on JAX (XLA fuses the tiled form's
+            scalings into its convolutions: tiled 3.89x one network at
+            B = 256 against the joined deep ensemble's 4.53x). A batch size
+            known only when the graph runs (TensorFlow tracing a dynamic
+            batch) takes the chains. Set it on the instance to choose.
+
+    Example:
+
+    >>> import rank1_keras
+    >>> inputs = keras.Input((3,))
+    >>> network = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    >>> converted = rank1_keras.convert(network, "batchensemble", ensemble_size=2)
+    >>> type(converted.get_layer(network.name + "_members")).__name__
+    'MemberChains'
+    """
+
+    _DEFAULT_CHAINS_FROM_BATCH = {"tensorflow": 16, "torch": 16, "jax": None}
+
+    @property
+    def chains_from_batch(self):
+        if "_chains_from_batch" in self.__dict__:
+            return self.__dict__["_chains_from_batch"]
+        return self._DEFAULT_CHAINS_FROM_BATCH.get(keras.backend.backend(), 16)
+
+    @chains_from_batch.setter
+    def chains_from_batch(self, value):
+        if value is not None:
+            value = validation.check_positive_int(value, "chains_from_batch")
+        self.__dict__["_chains_from_batch"] = value
+
+    def chain_layers(self):
+        """The member-aware layers, when every one of them supports member chains; else None."""
+        layers = _member_aware_layers(self)
+        supported = [getattr(layer, "supports_member_chains", None) for layer in layers]
+        if not layers or not all(check is not None and check() for check in supported):
+            return None
+        return layers
+
+    def _uses_chains(self, inputs, ensemble_size):
+        if self.chains_from_batch is None:
+            return False
+        rows = keras.tree.flatten(inputs)[0].shape[0]
+        return rows is None or rows // ensemble_size >= self.chains_from_batch
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        layers = None if training or mask is not None else self.chain_layers()
+        if layers is None or not self._uses_chains(inputs, layers[0].ensemble_size):
+            return super().call(inputs, training=training, mask=mask, **kwargs)
+        from rank1_keras.layers.rank1_mechanics import MemberRows
+
+        ensemble_size = layers[0].ensemble_size
+        flat = keras.tree.flatten(inputs)
+        blocks = [MemberRows(tensor, ensemble_size).split(tensor) for tensor in flat]
+        chains = []
+        try:
+            for member in range(ensemble_size):
+                for layer in layers:
+                    layer.serving_member = member
+                member_inputs = keras.tree.pack_sequence_as(inputs, [parts[member] for parts in blocks])
+                chains.append(super().call(member_inputs, training=training, **kwargs))
+        finally:
+            for layer in layers:
+                layer.serving_member = None
+        return keras.tree.map_structure(lambda *parts: ops.concatenate(list(parts), axis=0), *chains)

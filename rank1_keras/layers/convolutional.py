@@ -102,6 +102,8 @@ class ConvolutionMixin:
 class _ConvRank1(ConvolutionMixin, Rank1Mixin, keras.layers.Layer):
     """N-D convolution with rank-1 factors; see `Conv2DRank1` for the arguments."""
 
+    _has_member_kernel = True
+
     def __init__(
         self,
         rank,
@@ -165,14 +167,16 @@ class _ConvRank1(ConvolutionMixin, Rank1Mixin, keras.layers.Layer):
             self._add_member_factor("bias", self.filters, self.bias_initializer, self.bias_regularizer, self.bias_constraint)
         self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2, axes={channel_axis: input_channels})
 
-    def _kernel_op(self, inputs):
-        return self._convolve(inputs, self.kernel)
+    def _kernel_op(self, inputs, kernel=None):
+        return self._convolve(inputs, self.kernel if kernel is None else kernel)
 
     def _summed_kernel_op(self, inputs):
         # An all-ones one-channel kernel: sums <x, r> over each kernel window.
         return self._convolve(inputs, ops.ones(self.kernel_size + (1, 1), dtype=inputs.dtype))
 
     def call(self, inputs, training=False):
+        if self.serving_member is not None and not training:
+            return self._member_call(inputs, self._kernel_op, self._channel_axis)
         factors = self._draw_factors(self._member_rows(inputs), self._samples_factors(training))
         outputs = self._apply_rank1(
             inputs,

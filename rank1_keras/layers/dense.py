@@ -56,6 +56,8 @@ class DenseRank1(Rank1Mixin, keras.layers.Layer):
     (8, 16)
     """
 
+    _has_member_kernel = True
+
     def __init__(
         self,
         units,
@@ -113,6 +115,8 @@ class DenseRank1(Rank1Mixin, keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
 
     def call(self, inputs, training=False):
+        if self.serving_member is not None and not training:
+            return self._member_call(inputs, self._kernel_op)
         factors = self._draw_factors(self._member_rows(inputs), self._samples_factors(training))
         outputs = self._apply_rank1(inputs, factors["alpha"], factors["gamma"], kernel_op=self._kernel_op)
         if self.use_bias:
@@ -121,8 +125,9 @@ class DenseRank1(Rank1Mixin, keras.layers.Layer):
             outputs = self.activation(outputs)
         return outputs
 
-    def _kernel_op(self, inputs):
-        return ops.tensordot(inputs, self.kernel, axes=[[-1], [0]])
+    def _kernel_op(self, inputs, kernel=None):
+        kernel = self.kernel if kernel is None else kernel
+        return ops.tensordot(inputs, kernel, axes=[[-1], [0]])
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)

@@ -20,7 +20,7 @@ and the layer adds to its losses
 
 The VAE reconstructs the (K, d) factor table, never a per-member kernel. The
 rank-1 mechanics stay in `Rank1Mixin`: `LatentPosteriorMixin` only replaces
-the rows of the encoded tables in `_draw_factors`.
+the encoded tables in `_draw_member_tables`.
 """
 
 import dataclasses
@@ -109,8 +109,8 @@ class LatentPosteriorMixin:
 
     A layer class mixes this in before a BatchEnsemble layer class and calls
     `_init_latent_posterior` at the end of `__init__`. The mixin builds the
-    VAE weights after the base layer's `build`, and its `_draw_factors`
-    replaces the rows of each encoded table by the decoded table and adds the
+    VAE weights after the base layer's `build`, and its `_draw_member_tables`
+    replaces each encoded table by the decoded table and adds the
     VAE loss (once per call, or once per sequence for an LSTM cell, whose
     factors are drawn outside the time loop).
 
@@ -187,8 +187,11 @@ class LatentPosteriorMixin:
         log_variance = _affine(hidden, posterior.log_variance_kernel, posterior.log_variance_bias)
         return mean, log_variance
 
-    def _draw_factors(self, rows, sample, add_kl=True):
-        values = super()._draw_factors(rows, sample, add_kl)
+    def _draws_at_inference(self):
+        return self.inference == "sample"  # z ~ q(z | r) at inference too
+
+    def _draw_member_tables(self, rows, sample, add_kl=True):
+        values = super()._draw_member_tables(rows, sample, add_kl)
         loss_terms = []
         for name, posterior in self._latent_posteriors.items():
             factor = ops.convert_to_tensor(self._member_factors[name].variable)
@@ -201,7 +204,7 @@ class LatentPosteriorMixin:
                 )
                 latent = mean + ops.exp(0.5 * log_variance) * noise
             decoded = _affine(latent, posterior.decoder_kernel, posterior.decoder_bias)
-            values[name] = rows.expand(decoded)
+            values[name] = decoded
             if add_kl:
                 # In float32 whatever the compute dtype, like the other losses.
                 as_float = [ops.cast(t, "float32") for t in (factor, decoded, mean, log_variance)]

@@ -99,10 +99,24 @@ class EnsembleBatchNormalization(keras.layers.Layer):
         )
         self.input_spec = keras.layers.InputSpec(ndim=rank, axes={self._channel_axis: channels})
 
+    #: The member whose chain `MemberChains` is running (every row is that
+    #: member's), or None: the rows are in block order.
+    serving_member = None
+
+    def supports_member_chains(self):
+        """Always: at inference member k only needs its own statistics and affine parameters."""
+        return True
+
     def _row_table(self, rows, table, rank):
-        """(K, C) -> one row per input row, (R, C), broadcastable on the rank-`rank` input."""
+        """(K, C) -> one row per input row, (R, C), broadcastable on the rank-`rank` input.
+
+        In a member chain every row takes the serving member's row of the table.
+        """
         shape = [1] * rank
         shape[0], shape[self._channel_axis] = -1, table.shape[-1]
+        if self.serving_member is not None:
+            shape[0] = 1
+            return ops.reshape(table[self.serving_member], shape)
         return ops.reshape(rows.expand(table), shape)
 
     def _member_moments(self, inputs, rows):

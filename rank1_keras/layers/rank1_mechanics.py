@@ -338,8 +338,8 @@ class Rank1Mixin:
         `inference="sample"`; otherwise they take the posterior mode."""
         return bool(training) or self.inference == "sample"
 
-    def _draw_factors(self, rows, sample, add_kl=True):
-        """Per-row values of the factors for one forward pass.
+    def _draw_member_tables(self, rows, sample, add_kl=True):
+        """The factors' values for one forward pass, one table per factor.
 
         Args:
             rows: the input's `MemberRows`.
@@ -347,31 +347,94 @@ class Rank1Mixin:
                 posterior mode (the mean of a Normal).
             add_kl: add the KL terms, times `kl_weight`, to the layer losses.
 
-        Returns a dict name -> tensor of shape (R, dim): row i holds the factor
-        of the member that owns row i, one draw per member (or a point factor)
-        expanded over its rows, or, with `sample_per_example`, a draw of its own
-        (R draws of the (K, dim) table; row i keeps its member's column).
+        Returns a dict name -> (K, dim) table, row k member k's value (a point
+        factor, one draw per member, or the posterior mode), or, for a
+        stochastic factor drawn with `sample_per_example`, (R, K, dim): R draws
+        of the table, one per input row.
         """
-        values = {}
+        tables = {}
         kl_terms = []
         for name, factor in self._member_factors.items():
             if not factor.is_stochastic:
-                values[name] = rows.expand(factor.variable)
+                tables[name] = ops.convert_to_tensor(factor.variable)
                 continue
-            per_row = sample and self.sample_per_example
             if sample:
-                sample_shape = [rows.row_count] if per_row else []
+                sample_shape = [rows.row_count] if self.sample_per_example else []
                 random_variable = factor.initializer(sample_shape=sample_shape, seed=self.factor_seed_generator)
             else:
                 distribution = factor.initializer.distribution()
                 random_variable = RandomVariable(distribution, value=distribution.mode())
-            value = random_variable.value
-            values[name] = rows.select(value) if per_row else rows.expand(value)
+            tables[name] = random_variable.value
             if add_kl and factor.regularizer is not None:
                 kl_terms.append(factor.regularizer(random_variable))
         if kl_terms:
             self.add_loss(self.kl_weight * functools.reduce(ops.add, kl_terms))
-        return values
+        return tables
+
+    def _draw_factors(self, rows, sample, add_kl=True):
+        """Per-row values of the factors for one forward pass: name -> (R, dim).
+
+        Row i holds the factor of the member that owns row i (its row of the
+        (K, dim) table from `_draw_member_tables`, expanded over the member's
+        rows), or, with per-example draws, its own draw of its member's factor.
+        """
+        tables = self._draw_member_tables(rows, sample, add_kl)
+        return {
+            name: rows.select(table) if len(table.shape) == 3 else rows.expand(table)
+            for name, table in tables.items()
+        }
+
+    # -- member chains: one member on every row ------------------------------
+
+    #: The member whose chain `MemberChains` is running through this layer
+    #: (its rows are all that member's), or None: the rows are in block order.
+    serving_member = None
+    #: Whether the layer's kernel op takes a folded kernel (`_member_call`).
+    _has_member_kernel = False
+
+    def supports_member_chains(self):
+        """Whether `MemberChains` may run this layer one member at a time at inference.
+
+        It may when the kernel can be folded and nothing is drawn at
+        inference (point factors, or `inference="mean"`): a chain per member
+        then computes exactly what the tiled form computes for that member.
+        """
+        return self._has_member_kernel and not self._draws_at_inference()
+
+    def _draws_at_inference(self):
+        return self.inference == "sample" and any(f.is_stochastic for f in self._member_factors.values())
+
+    def _fold_member_kernel(self, kernel, alpha, gamma):
+        """Member k's kernel W o r_k s_k^T (additive: W + r_k s_k^T), from its (dim,) factor rows.
+
+        `kernel` is laid out (..., input_dim, output_dim), a Dense kernel or a
+        convolution window; r_k scales the input axis and s_k the output axis.
+        """
+        r = ops.reshape(alpha, (alpha.shape[-1], 1))
+        if self.use_additive_perturbation:
+            return kernel + r * gamma
+        return kernel * r * gamma
+
+    def _member_call(self, inputs, kernel_op, channel_axis=-1):
+        """Member `serving_member`'s layer on every row: activation(kernel_op(x, W_k) + b_k).
+
+        W_k is folded once per call, and the kernel op, bias and activation
+        are the ones a plain Keras layer runs, which the backends fuse. The
+        KL terms (closed forms at inference) are added by member 0's chain
+        only, so `evaluate` sees them once, as in the tiled form.
+        """
+        member = self.serving_member
+        tables = self._draw_member_tables(None, sample=False, add_kl=member == 0)
+        dtype = inputs.dtype
+        kernel = self._fold_member_kernel(
+            ops.cast(self.kernel, dtype), ops.cast(tables["alpha"][member], dtype), ops.cast(tables["gamma"][member], dtype)
+        )
+        outputs = kernel_op(inputs, kernel)
+        if self.use_bias:
+            outputs = self._add_member_bias(outputs, ops.cast(tables["bias"][member : member + 1], dtype), channel_axis)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
 
     # -- applying them -----------------------------------------------------
 

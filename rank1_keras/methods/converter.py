@@ -23,7 +23,15 @@ from keras.src.models.functional import Functional  # the class of functional mo
 from rank1_keras import initializers as rank1_initializers
 from rank1_keras import regularizers as rank1_regularizers
 from rank1_keras import validation
-from rank1_keras.ensemble import OUTPUT_TYPES, TRAINING_BATCHES, TRAINING_OUTPUTS, AverageMembers, MemberAxis, TileEnsemble
+from rank1_keras.ensemble import (
+    OUTPUT_TYPES,
+    TRAINING_BATCHES,
+    TRAINING_OUTPUTS,
+    AverageMembers,
+    MemberAxis,
+    MemberChains,
+    TileEnsemble,
+)
 from rank1_keras.layers.dropout import MCDropout
 from rank1_keras.layers.gaussian import GaussianParameters
 from rank1_keras.methods.conversions import LayerRole, constructor_arguments, conversion_for, convert_batch_norm
@@ -371,7 +379,7 @@ def convert(
     output_types = _output_types(functional, output_type)
     inputs = _fresh_inputs(functional)
     tiled = [TileEnsemble(ensemble_size, training_batch, name=f"tile_{i}")(x) for i, x in enumerate(inputs)]
-    core_model = keras.Model(core.inputs, core.outputs, name=f"{model.name}{_CORE_SUFFIX}")
+    core_model = MemberChains(core.inputs, core.outputs, name=f"{model.name}{_CORE_SUFFIX}")
     member_outputs_ = core_model(tiled if len(tiled) > 1 else tiled[0])
     member_outputs_ = member_outputs_ if isinstance(member_outputs_, (list, tuple)) else [member_outputs_]
     # Split training rows are each one member's prediction of one example: averaging K of them
