@@ -301,10 +301,11 @@ class MemberChains(keras.Model):
             member chains; None keeps the tiled form always. The default
             is per backend, from the serving benchmark on CPUs: 16 on
             TensorFlow and PyTorch, None on JAX (XLA fuses the tiled form's
-            scalings into its convolutions: tiled 3.89x one network at
-            B = 256 against the joined deep ensemble's 4.53x). A batch size
-            known only when the graph runs (TensorFlow tracing a dynamic
-            batch) takes the chains. Set it on the instance to choose.
+            scalings into its convolutions: tiled 4.00x one network at
+            B = 256 against the joined deep ensemble's 4.62x, in
+            docs/benchmarks.md). A batch size known only when the graph runs
+            (TensorFlow tracing a dynamic batch) takes the chains. Set it on
+            the instance to choose.
 
     Example:
 
