@@ -26,6 +26,7 @@ from pathlib import Path
 # (name, module, title): the order of docs/benchmarks.md.
 SECTIONS = (
     ("layers", "benchmarks.layers", "Layer cost"),
+    ("backend_layers", "benchmarks.backend_layers", "Layer cost on JAX and PyTorch"),
     ("models", "benchmarks.models", "Model cost"),
     ("serving", "benchmarks.serving", "Serving cost on every backend"),
     ("quality", "benchmarks.quality", "Quality"),
@@ -37,8 +38,8 @@ FULL_MODE_NOTE = (
     "memory of WRN-28-2 at B = 16 with 30 rounds (3 warm-up); quality on four data sets (digits, "
     "JapaneseVowels, ItalyPowerDemand, GunPoint); the ensemble gap on Fashion-MNIST read from "
     "docs/ensemble_gap.json, not retrained (`python -m benchmarks.ensemble_gap` trains it: its 84 "
-    "fmnist_10k and 36 fmnist_5k runs spend 1.9 and 0.7 hours training on 2 cores, evaluation aside). On 2 cores (2026-12-07) the full mode took 20.4 minutes, "
-    "`--only layers,models,serving` 10.6 of them (serving: TensorFlow, JAX and PyTorch, 2.3). Quick mode (`--quick`, 11.2 minutes on 2026-11-25): 15 rounds "
+    "fmnist_10k and 36 fmnist_5k runs spend 1.9 and 0.7 hours training on 2 cores, evaluation aside). On 2 cores (2026-12-07) the full mode took 20.7 minutes, "
+    "`--only layers,backend_layers,models,serving` 10.6 of them (serving on TensorFlow, JAX and PyTorch: 2.3). Quick mode (`--quick`, 11.2 minutes on 2026-11-25): 15 rounds "
     "per layer case, the big networks counted for deterministic / ensemble / BatchEnsemble / rank-1 only, "
     "WRN-16-2 at B = 8 with 5 rounds, quality on digits and JapaneseVowels at half the epochs. "
     "On a GPU the layer batches are 16× larger and the timed network is WRN-28-10 at B = 32. "

@@ -267,21 +267,34 @@ def fashion_mnist_gap(backend, train_examples, epochs, batch_size, seed=0):
     return {"train_examples": len(x_train), "epochs": epochs, "batch_size": batch_size, "results": results}
 
 
-def worker(quick):
-    """One backend (KERAS_BACKEND): every measurement; returns JSON-able results."""
+def worker(quick, parts=("layers", "gap")):
+    """One backend (KERAS_BACKEND): the chosen measurements; returns JSON-able results."""
     import keras
 
     backend = keras.backend.backend()
     accelerator = has_accelerator(backend)
     rounds, warmup = (5, 2) if quick else (30, 3)
     result = {"backend": backend, "device": device_line(backend), "keras": keras.__version__}
-    result["layers"] = layer_cost(backend, rounds, warmup, scale=16 if accelerator else 1)
-    if quick:
-        gap = dict(train_examples=2000, epochs=1)
-    else:
-        gap = dict(train_examples=60000, epochs=15) if accelerator else dict(train_examples=10000, epochs=3)
-    result["fashion_mnist"] = fashion_mnist_gap(backend, batch_size=128, **gap)
+    if "layers" in parts:
+        result["layers"] = layer_cost(backend, rounds, warmup, scale=16 if accelerator else 1)
+    if "gap" in parts:
+        if quick:
+            gap = dict(train_examples=2000, epochs=1)
+        else:
+            gap = dict(train_examples=60000, epochs=15) if accelerator else dict(train_examples=10000, epochs=3)
+        result["fashion_mnist"] = fashion_mnist_gap(backend, batch_size=128, **gap)
     return result
+
+
+def run_workers(backends, quick, parts):
+    """`worker` in a fresh process per installed backend: [results or {"backend", "error"}]."""
+    from benchmarks import serving
+
+    arguments = ["worker", f"--parts={','.join(parts)}"] + (["--quick"] if quick else [])
+    return [
+        serving.run_worker_process("benchmarks.gpu_ready", arguments, backend, "@@gpu_ready ")
+        for backend in available_backends(backends)
+    ]
 
 
 # -- run ---------------------------------------------------------------------------------
@@ -299,10 +312,7 @@ def run(output_dir, backends, quick):
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results = []
-    for backend in available_backends(backends):
-        arguments = ["worker"] + (["--quick"] if quick else [])
-        results.append(serving.run_worker_process("benchmarks.gpu_ready", arguments, backend, "@@gpu_ready "))
+    results = run_workers(backends, quick, ("layers", "gap"))
     rounds = 5 if quick else 30
     serving_section = serving.run(quick=quick, backends=available_backends(backends), rounds=rounds)
     report = {"results": results, "serving": serving_section["data"], "seconds": time.perf_counter() - started}
@@ -310,6 +320,23 @@ def run(output_dir, backends, quick):
     markdown = render(results, serving_section["markdown"], report["seconds"], quick)
     (output_dir / "gpu_ready.md").write_text(markdown)
     return markdown
+
+
+def render_layers(result, level="###"):
+    """The layer-cost table of one backend's results, with its heading."""
+    from benchmarks.common import markdown_table
+
+    rows = []
+    for title, case in result["layers"].items():
+        for variant in case["train"]:
+            train, infer = case["train"][variant], case["infer"][variant]
+            rows.append([
+                f"{title} ({case['rows']} rows)", variant,
+                f"**{train['ratio']:.2f}×** ({train['median_ms']:.2f} ms)",
+                f"**{infer['ratio']:.2f}×** ({infer['median_ms']:.2f} ms)",
+            ])
+    heading = f"{level} Layer cost (K = 4; ratio to the plain layer, same K·B rows)"
+    return [heading, markdown_table(["layer", "variant", "train step", "inference"], rows)]
 
 
 def render(results, serving_markdown, seconds, quick):
@@ -325,17 +352,7 @@ def render(results, serving_markdown, seconds, quick):
         parts += heading
         if not measured:
             continue
-        parts.append("### Layer cost (K = 4; ratio to the plain layer, same K·B rows)")
-        rows = []
-        for title, case in result["layers"].items():
-            for variant in case["train"]:
-                train, infer = case["train"][variant], case["infer"][variant]
-                rows.append([
-                    f"{title} ({case['rows']} rows)", variant,
-                    f"**{train['ratio']:.2f}×** ({train['median_ms']:.2f} ms)",
-                    f"**{infer['ratio']:.2f}×** ({infer['median_ms']:.2f} ms)",
-                ])
-        parts.append(markdown_table(["layer", "variant", "train step", "inference"], rows))
+        parts += render_layers(result)
         gap = result["fashion_mnist"]
         parts.append(
             f"### Fashion-MNIST, small CNN: {gap['train_examples']:,} training images, epochs: {gap['epochs']}, "
@@ -369,6 +386,7 @@ def main(argv=None):
     run_parser.add_argument("--quick", action="store_true", help="a few minutes on a CPU: fewer rounds, 2,000 images, 1 epoch")
     worker_parser = commands.add_parser("worker", help=argparse.SUPPRESS)
     worker_parser.add_argument("--quick", action="store_true")
+    worker_parser.add_argument("--parts", default="layers,gap")
     args = parser.parse_args(argv)
     if args.command == "bundle":
         sizes = bundle(args.output, args.data_dir)
@@ -380,7 +398,7 @@ def main(argv=None):
             parser.error(f"--backends takes jax, torch, tensorflow; got {', '.join(unknown)}")
         print(run(args.output_dir, args.backends.split(","), args.quick))
     else:
-        print("@@gpu_ready " + json.dumps(worker(args.quick), default=float), flush=True)
+        print("@@gpu_ready " + json.dumps(worker(args.quick, args.parts.split(",")), default=float), flush=True)
 
 
 if __name__ == "__main__":

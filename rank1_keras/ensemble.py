@@ -299,11 +299,12 @@ class MemberChains(keras.Model):
     Attributes:
         chains_from_batch: examples per member from which inference runs
             member chains; None keeps the tiled form always. The default
-            is per backend, from the serving benchmark on CPUs: 16 on
-            TensorFlow and PyTorch, None on JAX (XLA fuses the tiled form's
-            scalings into its convolutions: tiled 4.00x one network at
-            B = 256 against the joined deep ensemble's 4.62x, in
-            docs/benchmarks.md). A batch size known only when the graph runs
+            is per backend, from the serving benchmark on CPUs
+            (docs/benchmarks.md): 16 on TensorFlow; 64 on PyTorch (tiled is
+            faster at 32 examples per member, the chains at 256); None on
+            JAX (XLA fuses the tiled form's scalings into its convolutions:
+            tiled 3.99x one network at B = 256 against the joined deep
+            ensemble's 4.52x). A batch size known only when the graph runs
             (TensorFlow tracing a dynamic batch) takes the chains. Set it on
             the instance to choose.
 
@@ -317,7 +318,7 @@ class MemberChains(keras.Model):
     'MemberChains'
     """
 
-    _DEFAULT_CHAINS_FROM_BATCH = {"tensorflow": 16, "torch": 16, "jax": None}
+    _DEFAULT_CHAINS_FROM_BATCH = {"tensorflow": 16, "torch": 64, "jax": None}
 
     @property
     def chains_from_batch(self):

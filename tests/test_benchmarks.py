@@ -221,3 +221,46 @@ def test_model_benchmark_workers_time_every_method_they_start():
     assert all("skipped" not in info for info in infos.values()), infos
     assert set(times) == {(method, key) for method in ("deterministic", "bella") for key in ("train", "predict")}
     assert all(len(seconds) == 1 and seconds[0] > 0 for seconds in times.values())
+
+
+def _serving_result(ensemble_ratios, joined_ratios, train_ratio, joined_train_ratio):
+    """A benchmarks.serving result with the given ratios per batch size (strings, as in its JSON)."""
+    from benchmarks import serving
+
+    inference = {}
+    for batch, ratio, joined in zip(("1", "8", "32"), ensemble_ratios, joined_ratios):
+        inference[batch] = {name: {"ratio": ratio, "median_ms": 1.0} for name in serving.SINGLE_PASS}
+        inference[batch]["deep ensemble (joined)"] = {"ratio": joined, "median_ms": 1.0}
+        inference[batch]["one network"] = {"ratio": 1.0, "median_ms": 1.0}
+    training = {name: {"ratio": train_ratio, "median_ms": 1.0} for name in serving.SINGLE_PASS}
+    training["deep ensemble (joined)"] = {"ratio": joined_train_ratio, "median_ms": 1.0}
+    training["one network"] = {"ratio": 1.0, "median_ms": 1.0}
+    return {"inference": inference, "training": training}
+
+
+def test_serving_verdicts_name_every_batch_where_an_ensemble_is_slower():
+    from benchmarks import serving
+
+    lines = serving._verdicts(_serving_result((1.2, 2.5, 3.0), (1.9, 2.0, 3.5), 3.9, 3.8)).splitlines()
+    assert len(lines) == len(serving.SINGLE_PASS)
+    assert "slower than the joined deep ensemble at B = 8 (2.50× vs 2.00×)" in lines[0]
+    assert "B = 32" not in lines[0] and "B = 1 (" not in lines[0]
+    assert "B = 1 at 1.20× one network (✓ ≤ 1.3×)" in lines[0]
+    assert "training step 3.90× vs the deep ensemble's 3.80× (✗)" in lines[0]
+
+    met = serving._verdicts(_serving_result((1.3, 1.9, 3.0), (1.9, 2.0, 3.5), 3.7, 3.8)).splitlines()[0]
+    assert "no slower than the joined deep ensemble at any B" in met
+    assert "(✓ ≤ 1.3×)" in met and met.endswith("(✓).")
+    missed = serving._verdicts(_serving_result((1.31, 1.9, 3.0), (1.9, 2.0, 3.5), 3.7, 3.8)).splitlines()[0]
+    assert "(✗ ≤ 1.3×)" in missed
+
+
+def test_serving_ratios_are_paired_per_round():
+    from benchmarks import serving
+
+    # Round 2 is slow for everyone (a loaded machine): the paired ratio stays 2.
+    times = {"one network": [1.0, 10.0, 1.0], "ensemble": [2.0, 20.0, 2.0]}
+    summary = serving.summarise(times, "one network")
+    assert summary["ensemble"]["ratio"] == 2.0
+    assert summary["one network"]["ratio"] == 1.0
+    assert summary["ensemble"]["median_ms"] == 2000.0
