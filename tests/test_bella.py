@@ -22,6 +22,7 @@ from rank1_keras.layers import (
 from rank1_keras.layers.low_rank import low_rank_layers
 from rank1_keras.models import small_cnn
 from tests.backend_utils import numpy
+from tests.numpy_references import conv as _conv
 
 PARTICLES = 3
 EXAMPLES = 2  # per particle
@@ -54,35 +55,6 @@ def _particle_kernels(values, factor):
         delta = input_factor.reshape(-1, input_factor.shape[-1]) @ output_factor
         kernels.append(kernel + factor * delta.reshape(kernel.shape))
     return kernels
-
-
-def _conv_numpy(inputs, kernel, strides, padding, dilation):
-    """channels_last N-D convolution (N = 1 or 2) in float64, TF's "same" padding convention."""
-    spatial = inputs.ndim - 2
-    strides, dilation = (strides,) * spatial, (dilation,) * spatial
-    pads, out_sizes = [], []
-    for axis in range(spatial):
-        size, window = inputs.shape[1 + axis], dilation[axis] * (kernel.shape[axis] - 1) + 1
-        if padding == "same":
-            out = math.ceil(size / strides[axis])
-            total = max((out - 1) * strides[axis] + window - size, 0)
-            pads.append((total // 2, total - total // 2))
-        elif padding == "causal":
-            out = math.ceil(size / strides[axis])
-            pads.append((window - 1, 0))
-        else:
-            out = (size - window) // strides[axis] + 1
-            pads.append((0, 0))
-        out_sizes.append(out)
-    padded = np.pad(inputs, [(0, 0), *pads, (0, 0)])
-    outputs = np.zeros((inputs.shape[0], *out_sizes, kernel.shape[-1]))
-    for offset in np.ndindex(*kernel.shape[:spatial]):
-        index = tuple(
-            slice(offset[a] * dilation[a], offset[a] * dilation[a] + (out_sizes[a] - 1) * strides[a] + 1, strides[a])
-            for a in range(spatial)
-        )
-        outputs += padded[(slice(None), *index)] @ kernel[offset]
-    return outputs
 
 
 # -- the layers against NumPy ------------------------------------------------------
@@ -121,7 +93,7 @@ def test_conv2d_matches_numpy(strides, padding, dilation):
     assert outputs.shape == layer.compute_output_shape(inputs.shape)
     for k, kernel in enumerate(_particle_kernels(values, 1.0)):
         rows = slice(k * EXAMPLES, (k + 1) * EXAMPLES)
-        expected = _conv_numpy(inputs[rows].astype(np.float64), kernel, strides, padding, dilation) + values["bias"]
+        expected = _conv(inputs[rows].astype(np.float64), kernel, strides, padding, dilation) + values["bias"]
         assert _max_error(outputs[rows], expected) < 1e-5
 
 
@@ -136,7 +108,7 @@ def test_conv1d_matches_numpy(padding):
     outputs = numpy(layer(inputs))
     for k, kernel in enumerate(_particle_kernels(values, 1.0)):
         rows = slice(k * EXAMPLES, (k + 1) * EXAMPLES)
-        expected = _conv_numpy(inputs[rows].astype(np.float64), kernel, 1, padding, 2) + values["bias"]
+        expected = _conv(inputs[rows].astype(np.float64), kernel, 1, padding, 2) + values["bias"]
         assert _max_error(outputs[rows], expected) < 1e-5
 
 

@@ -11,7 +11,6 @@ batch where a layer has a separate even path. Checked against float64 NumPy:
 """
 
 import dataclasses
-import math
 from typing import Callable
 
 import keras
@@ -28,6 +27,7 @@ from rank1_keras.layers import (
 )
 from rank1_keras.layers.normalization import EnsembleBatchNormalization
 from tests.backend_utils import gradients, numpy
+from tests.numpy_references import conv as _conv
 
 pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
 
@@ -41,44 +41,6 @@ def _member_ids(rows, members=K):
 
 
 # -- float64 NumPy references ----------------------------------------------------
-
-
-def _conv(x, kernel, strides=1, padding="valid", dilation=1, groups=1, data_format="channels_last"):
-    """N-D convolution in float64 with Keras' conventions ("same" pads the extra cell at the end).
-
-    `kernel` is (*window, channels / groups, filters): output group g sees input group g.
-    """
-    if data_format == "channels_first":
-        x = np.moveaxis(x, 1, -1)
-    spatial = x.ndim - 2
-    strides, dilation = (strides,) * spatial, (dilation,) * spatial
-    pads, sizes = [], []
-    for axis in range(spatial):
-        size, window = x.shape[1 + axis], dilation[axis] * (kernel.shape[axis] - 1) + 1
-        if padding == "valid":
-            sizes.append((size - window) // strides[axis] + 1)
-            pads.append((0, 0))
-        elif padding == "causal":
-            sizes.append(math.ceil(size / strides[axis]))
-            pads.append((window - 1, 0))
-        else:  # same
-            sizes.append(math.ceil(size / strides[axis]))
-            total = max((sizes[-1] - 1) * strides[axis] + window - size, 0)
-            pads.append((total // 2, total - total // 2))
-    padded = np.pad(x, [(0, 0), *pads, (0, 0)])
-    group_in, group_out = kernel.shape[-2], kernel.shape[-1] // groups
-    outputs = np.zeros((x.shape[0], *sizes, kernel.shape[-1]))
-    for offset in np.ndindex(*kernel.shape[:spatial]):
-        index = tuple(
-            slice(offset[a] * dilation[a], offset[a] * dilation[a] + (sizes[a] - 1) * strides[a] + 1, strides[a])
-            for a in range(spatial)
-        )
-        window = padded[(slice(None), *index)]
-        for g in range(groups):
-            outputs[..., g * group_out:(g + 1) * group_out] += (
-                window[..., g * group_in:(g + 1) * group_in] @ kernel[offset][:, g * group_out:(g + 1) * group_out]
-            )
-    return np.moveaxis(outputs, -1, 1) if data_format == "channels_first" else outputs
 
 
 def _channels_last(x, data_format):
