@@ -21,8 +21,8 @@ from rank1_keras.methods.settings import (
     TRAINING_LIKELIHOODS,
 )
 from rank1_keras.methods.spec import method_names
-from rank1_keras.training.strategy import STRATEGIES
-from rank1_keras.training.tasks import ARCHITECTURES
+from rank1_keras.tensorflow.training.strategy import STRATEGIES
+from rank1_keras.tensorflow.training.tasks import ARCHITECTURES
 
 FLAGS = flags.FLAGS
 # Every registered method (`rank1_keras.methods.register_method` adds more).
@@ -198,8 +198,8 @@ def settings_from_flags(replicas=1):
     """
     apply_dataset_defaults()
     from rank1_keras.methods.settings import MethodSettings
-    from rank1_keras.training.loop import TrainingSettings
-    from rank1_keras.training.tasks import TaskOptions
+    from rank1_keras.tensorflow.training.loop import TrainingSettings
+    from rank1_keras.tensorflow.training.tasks import TaskOptions
 
     method = _from_flags(MethodSettings, bella_layers=tuple(name for name in FLAGS.bella_layers if name))
     if method.method == "bella" and not method.pretrained_checkpoint:
@@ -232,8 +232,8 @@ def main(argv):
     """Runs one experiment from the flags; prints its Markdown row."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected positional arguments {argv[1:]}; every setting is a --flag.")
-    from rank1_keras.training import evaluation
-    from rank1_keras.training.experiment import run_experiment
+    from rank1_keras.tensorflow.training import evaluation
+    from rank1_keras.tensorflow.training.experiment import run_experiment
 
     strategy = make_strategy_from_flags()
     method, training, task = settings_from_flags(strategy.num_replicas_in_sync)
@@ -251,7 +251,7 @@ def main(argv):
 
 def make_strategy_from_flags():
     """The `--strategy` (made once per process), with `--use_bfloat16` applied."""
-    from rank1_keras.training.strategy import make_strategy
+    from rank1_keras.tensorflow.training.strategy import make_strategy
 
     strategy = make_strategy(FLAGS.strategy, tpu=FLAGS.tpu, num_cores=FLAGS.num_cores)
     if FLAGS.use_bfloat16:
@@ -273,8 +273,8 @@ def _parse_flags_or_exit(argv):
 # Errors that end a run with one line, not a traceback: bad input the user can fix.
 def _expected_errors():
     from rank1_keras.data.fashion_mnist import DataNotFoundError
-    from rank1_keras.training.checkpoint import CheckpointError
-    from rank1_keras.training.directory_lock import DirectoryLockError
+    from rank1_keras.runs.checkpoint import CheckpointError
+    from rank1_keras.runs.directory_lock import DirectoryLockError
 
     return (DataNotFoundError, CheckpointError, DirectoryLockError, ValueError, FloatingPointError, app.UsageError)
 

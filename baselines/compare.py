@@ -28,8 +28,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected positional arguments {argv[1:]}; every setting is a --flag.")
-    from rank1_keras.training.directory_lock import DirectoryLock
-    from rank1_keras.training.strategy import is_chief
+    from rank1_keras.runs.directory_lock import DirectoryLock
+    from rank1_keras.tensorflow.training.strategy import is_chief
 
     for method in FLAGS.methods:
         if method not in common.METHOD_CHOICES:
@@ -42,10 +42,10 @@ def main(argv):
 
 
 def compare(strategy):
-    from rank1_keras.training import evaluation
-    from rank1_keras.training.checkpoint import write_atomically
-    from rank1_keras.training.experiment import run_experiment
-    from rank1_keras.training.tasks import load_task
+    from rank1_keras.tensorflow.training import evaluation
+    from rank1_keras.runs.checkpoint import write_atomically
+    from rank1_keras.tensorflow.training.experiment import run_experiment
+    from rank1_keras.tensorflow.training.tasks import load_task
 
     method_settings, training, task = common.settings_from_flags(strategy.num_replicas_in_sync)
     global_batch = FLAGS.per_core_batch_size * strategy.num_replicas_in_sync

@@ -13,7 +13,7 @@ so that a run with no other flag trains a model worth keeping.
 """
 
 from baselines import common
-from rank1_keras.training.tasks import EMBEDDED_TASKS
+from rank1_keras.tensorflow.training.tasks import EMBEDDED_TASKS
 
 # Flags a data set's runs need to converge (its configs/embedded/ flagfile's), for flags left unset.
 # Tiled batches (the library's default) stated: the README's numbers for these runs were

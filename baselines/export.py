@@ -9,7 +9,7 @@ model (data set, method, architecture) and how raw examples become its input,
 so the data itself is not needed. The signature (`serving_default`) takes raw
 examples (uint8 images, or float sequences with their lengths) and returns
 probabilities, predicted_class, confidence, predictive_entropy,
-mutual_information and member_probabilities; see `rank1_keras.export`.
+mutual_information and member_probabilities; see `rank1_keras.tensorflow.export`.
 
 Its probabilities are temperature-scaled by the temperature the run fitted on
 its validation split (`results.json`'s `temperature`, the one behind the
@@ -20,7 +20,7 @@ trained on after its evaluation) they are unscaled and the export says why.
 records the temperature it applied and where it came from.
 
 The export holds the run directory's lock while it reads the run
-(`rank1_keras.training.directory_lock`): an export of a run that is training,
+(`rank1_keras.runs.directory_lock`): an export of a run that is training,
 or a training run started on a directory being exported, gets one error
 naming the other process. The export is written into a hidden
 `.rank1_keras-export-*` folder next to `--output_dir` and moved into place
@@ -70,7 +70,7 @@ _SAVED_MODEL_ENTRY = re.compile(r"^(saved_model\.pb|fingerprint\.pb|assets(/.*)?
 
 def _run_directory(checkpoint):
     """(run directory, checkpoint file or None) for `--checkpoint`."""
-    from rank1_keras.training.experiment import RUN_SETTINGS
+    from rank1_keras.tensorflow.training.experiment import RUN_SETTINGS
 
     if os.path.isfile(checkpoint):
         directory = os.path.dirname(os.path.abspath(checkpoint))
@@ -89,7 +89,7 @@ def _run_directory(checkpoint):
 
 def read_lock(run_dir, argument="--checkpoint"):
     """The run directory's lock, as a reader takes it (a read-only copy of a run needs none)."""
-    from rank1_keras.training.directory_lock import DirectoryLock
+    from rank1_keras.runs.directory_lock import DirectoryLock
 
     return DirectoryLock(run_dir, "export", argument=argument, create=False, read_only_ok=True)
 
@@ -109,10 +109,10 @@ def _restore_run(checkpoint):
     import keras
 
     from rank1_keras.methods.settings import MethodSettings, build_method_models
-    from rank1_keras.training.checkpoint import CheckpointError, find_resume_checkpoint, read_header, restore_model_weights
-    from rank1_keras.training.experiment import RUN_SETTINGS
-    from rank1_keras.training.loop import checkpoint_directory
-    from rank1_keras.training.tasks import TaskOptions, plain_builder
+    from rank1_keras.runs.checkpoint import CheckpointError, find_resume_checkpoint, read_header, restore_model_weights
+    from rank1_keras.tensorflow.training.experiment import RUN_SETTINGS
+    from rank1_keras.tensorflow.training.loop import checkpoint_directory
+    from rank1_keras.tensorflow.training.tasks import TaskOptions, plain_builder
 
     run_dir, checkpoint_file = _run_directory(checkpoint)
     with open(os.path.join(run_dir, RUN_SETTINGS), encoding="utf-8") as stream:
@@ -238,10 +238,10 @@ def export_run(checkpoint, output_dir, num_samples=None, seed=0, raw_input=True,
     `temperature`: T for the served probabilities; None: the run's own (`evaluated_temperature`).
     """
     from rank1_keras import validation
-    from rank1_keras.export import ServingInput, export_for_serving
+    from rank1_keras.tensorflow.export import ServingInput, export_for_serving
     from rank1_keras.methods.settings import MethodSettings, inference_model
-    from rank1_keras.training.checkpoint import umask_mode
-    from rank1_keras.training.directory_lock import DirectoryLock
+    from rank1_keras.runs.checkpoint import umask_mode
+    from rank1_keras.runs.directory_lock import DirectoryLock
 
     _check_output_dir(output_dir, overwrite)  # early; checked again under the folder's lock
     if temperature is not None:

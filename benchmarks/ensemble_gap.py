@@ -144,8 +144,8 @@ def _row(name):
 
 def _settings(row_name, regime, seed):
     from rank1_keras.methods.settings import MethodSettings
-    from rank1_keras.training.loop import TrainingSettings
-    from rank1_keras.training.tasks import TaskOptions
+    from rank1_keras.tensorflow.training.loop import TrainingSettings
+    from rank1_keras.tensorflow.training.tasks import TaskOptions
 
     _, _, method_overrides, training_overrides = _row(row_name)
     task, training = REGIMES[regime]
@@ -163,8 +163,8 @@ def run_rows(regime, row_names, seeds, work_dir, train=True, log=print):
 
     `train=False` only reads: rows and seeds not run yet are left out.
     """
-    from rank1_keras.training.experiment import run_experiment
-    from rank1_keras.training.tasks import load_task
+    from rank1_keras.tensorflow.training.experiment import run_experiment
+    from rank1_keras.tensorflow.training.tasks import load_task
 
     results, tasks = {name: {} for name in row_names}, {}
     for seed in seeds:
@@ -200,7 +200,7 @@ def _mean_std(values, form="{:.4f}"):
 
 def _per_seed_gaps(runs, baselines, key, lower_is_better):
     """The row's gap closed for `key`, one value per seed that has the row and both baselines."""
-    from rank1_keras.training.evaluation import gap_closed
+    from rank1_keras.tensorflow.training.evaluation import gap_closed
 
     deterministic, ensemble = baselines
     gaps = []

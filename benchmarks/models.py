@@ -62,9 +62,10 @@ def parameter_breakdown(models):
     """
     import numpy as np
 
-    from rank1_keras.methods.converter import _trainable_count
     from rank1_keras.layers import Rank1Mixin
     from rank1_keras.layers.normalization import EnsembleBatchNormalization
+    from rank1_keras.layers.walk import layers_of
+    from rank1_keras.methods.converter import _trainable_count
 
     counts = Counter()
     seen = set()
@@ -76,7 +77,7 @@ def parameter_breakdown(models):
         counts[kind] += int(np.prod(variable.shape))
 
     for model in models:
-        for layer in model._flatten_layers(include_self=False, recursive=True):
+        for layer in layers_of(model):
             if isinstance(layer, Rank1Mixin):
                 for name, factor in layer.member_factors.items():
                     if name == "bias":

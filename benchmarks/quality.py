@@ -71,8 +71,8 @@ COLUMNS = (
 
 def _settings(name, dataset, seed, quick, pretrained):
     from rank1_keras.methods.settings import MethodSettings
-    from rank1_keras.training.loop import TrainingSettings
-    from rank1_keras.training.tasks import TaskOptions
+    from rank1_keras.tensorflow.training.loop import TrainingSettings
+    from rank1_keras.tensorflow.training.tasks import TaskOptions
 
     training, task = DATASETS[dataset]
     training = dict(_COMMON_TRAINING, **training, seed=seed)
@@ -91,8 +91,8 @@ def _settings(name, dataset, seed, quick, pretrained):
 
 def run_dataset(dataset, quick, work_dir, log=print):
     """{method row: [result per seed]} for one data set."""
-    from rank1_keras.training.experiment import run_experiment
-    from rank1_keras.training.tasks import load_task
+    from rank1_keras.tensorflow.training.experiment import run_experiment
+    from rank1_keras.tensorflow.training.tasks import load_task
 
     results = {name: [] for name, _ in METHODS}
     tasks = {}

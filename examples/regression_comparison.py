@@ -118,7 +118,7 @@ def build_and_train(method, data, ensemble_size, epochs, patience=20):
 def member_heads(model, features):
     """(means, scales), each (K, N, 1), of a trained model's members."""
     import rank1_keras as r1
-    from rank1_keras.ensemble import AverageMembers
+    from rank1_keras.models.ensemble import AverageMembers
 
     if any(isinstance(layer, AverageMembers) for layer in model.layers):
         heads = np.moveaxis(r1.member_outputs(model).predict(features, verbose=0), 1, 0)
@@ -128,7 +128,7 @@ def member_heads(model, features):
 
 
 def evaluate_method(model, validation, test):
-    from rank1_keras import regression_metrics
+    from rank1_keras.metrics import regression as regression_metrics
 
     means, scales = member_heads(model, validation[0])
     mean, aleatoric, epistemic = regression_metrics.mixture_moments(means, scales)

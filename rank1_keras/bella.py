@@ -8,7 +8,7 @@ the particles' probabilities.
 
 * Bella-ensemble: compile the converted model with `AverageNLL(num_particles)`
   and `fit` it; each particle follows its own task-loss gradient.
-* Bella-SVGD: wrap it in `rank1_keras.training.svgd.SVGDTrainer`, which moves
+* Bella-SVGD: wrap it in `rank1_keras.tensorflow.training.svgd.SVGDTrainer`, which moves
   the particles with Stein variational gradient descent.
 
     bella = to_bella(pretrained, num_particles=3, rank=4)

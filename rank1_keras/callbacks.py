@@ -8,15 +8,12 @@ import numpy as np
 
 from rank1_keras import validation
 from rank1_keras.layers.rank1_mechanics import Rank1Mixin
+from rank1_keras.layers.walk import layers_of
 
 
 def rank1_layers(model):
-    """Every rank-1 / BatchEnsemble layer inside `model`, nested ones included.
-
-    Keras 3 has no public recursive layer iterator; `_flatten_layers` is the
-    one Keras itself uses to collect losses, so we read it (never patch it).
-    """
-    return [layer for layer in model._flatten_layers(include_self=True) if isinstance(layer, Rank1Mixin)]
+    """Every rank-1 / BatchEnsemble layer inside `model`, nested ones included."""
+    return layers_of(model, Rank1Mixin, include_self=True)
 
 
 @keras.saving.register_keras_serializable(package="rank1_keras")

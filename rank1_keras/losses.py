@@ -31,7 +31,7 @@ from keras.src.utils.backend_utils import in_tf_graph
 from keras.src.utils.jax_utils import is_in_jax_tracing_scope
 
 from rank1_keras import validation
-from rank1_keras.ensemble import gaussian_parts
+from rank1_keras.models.ensemble import gaussian_parts
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 

@@ -79,7 +79,7 @@ def _weight_values(case, variable):
 
 
 def _kl_regularizers():
-    from rank1_keras.regularizers import NormalKLDivergence
+    from rank1_keras.probability.regularizers import NormalKLDivergence
 
     def kl():
         return NormalKLDivergence(PRIOR_MEAN, PRIOR_STDDEV, scale_factor=1.0 / TRAIN_SIZE)

@@ -3,8 +3,9 @@
 import keras
 import numpy as np
 
-from rank1_keras import initializers, layers, regularizers
-from rank1_keras.ensemble import TileEnsemble
+from rank1_keras import layers
+from rank1_keras.models.ensemble import TileEnsemble
+from rank1_keras.probability import initializers, regularizers
 
 ENSEMBLE_SIZE = 3
 

@@ -28,10 +28,10 @@ import pytest
 
 from rank1_keras.data import write_mimic_split
 from rank1_keras.methods.settings import MethodSettings
-from rank1_keras.training.checkpoint import read_header
-from rank1_keras.training.experiment import run_experiment
-from rank1_keras.training.loop import TrainingSettings
-from rank1_keras.training.tasks import TaskOptions, load_task
+from rank1_keras.runs.checkpoint import read_header
+from rank1_keras.tensorflow.training.experiment import run_experiment
+from rank1_keras.tensorflow.training.loop import TrainingSettings
+from rank1_keras.tensorflow.training.tasks import TaskOptions, load_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MOCK_EXAMPLES = 16  # every mocked split: 2 steps of 8, then 8 test examples

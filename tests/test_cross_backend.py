@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import pytest
 
-from rank1_keras import distributions
+from rank1_keras.probability import distributions
 from tests import cross_backend_run as run
 from tests import test_numpy_reference as reference
 from tests.backend_utils import ALL_BACKENDS, numpy

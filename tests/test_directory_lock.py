@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from rank1_keras.training.directory_lock import LOCK_NAME, DirectoryInUseError, DirectoryLock
+from rank1_keras.runs.directory_lock import LOCK_NAME, DirectoryInUseError, DirectoryLock
 
 # A holder process: imports only the lock module (no TensorFlow), takes the lock, says so, sleeps.
 HOLDER = r"""
@@ -24,7 +24,7 @@ time.sleep(float(sys.argv[4]))
 lock.release()
 print("released", flush=True)
 """
-MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rank1_keras", "training",
+MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rank1_keras", "runs",
                       "directory_lock.py")
 
 

@@ -1,6 +1,6 @@
 """The keras.ops distributions (JAX and PyTorch's) against float64 closed forms, and against TFP on TensorFlow.
 
-On every backend the classes of `rank1_keras.distributions` are exercised
+On every backend the classes of `rank1_keras.probability.distributions` are exercised
 directly; on TensorFlow the same numbers are also compared with
 `tensorflow_probability`, which the factory functions return there, so the
 two implementations the backends use are checked against each other.
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from rank1_keras import distributions
-from rank1_keras.distributions import Cauchy, Independent, InverseGamma, Normal
+from rank1_keras.probability import distributions
+from rank1_keras.probability.distributions import Cauchy, Independent, InverseGamma, Normal
 from tests.backend_utils import gradients, numpy
 
 pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")

@@ -13,11 +13,11 @@ import tensorflow as tf
 
 from rank1_keras import metrics
 from rank1_keras.convert import member_outputs
-from rank1_keras.ensemble import AverageMembers
-from rank1_keras.export import ServingInput, export_for_serving, reset_seed_generators
-from rank1_keras.models import small_cnn
-from rank1_keras.methods.settings import MethodSettings, build_method_models, inference_model
 from rank1_keras.methods import method_names
+from rank1_keras.methods.settings import MethodSettings, build_method_models, inference_model
+from rank1_keras.models import small_cnn
+from rank1_keras.models.ensemble import AverageMembers
+from rank1_keras.tensorflow.export import ServingInput, export_for_serving, reset_seed_generators
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 X = np.random.default_rng(0).uniform(size=(6, 12, 12, 1)).astype("float32")
@@ -222,7 +222,7 @@ def _lstm():
     "method", ["rank1", pytest.param("dropout", marks=pytest.mark.slow), pytest.param("ensemble", marks=pytest.mark.slow)]
 )
 def test_lstm_with_lengths_equals_the_task_preprocessing(tmp_path, method):
-    from rank1_keras.training.tasks import _standardise, _with_observed_channel
+    from rank1_keras.tensorflow.training.tasks import _standardise, _with_observed_channel
 
     rng = np.random.default_rng(1)
     raw = rng.normal(2.0, 3.0, size=(5, 7, 3)).astype("float32")
@@ -248,7 +248,7 @@ def test_lstm_with_lengths_equals_the_task_preprocessing(tmp_path, method):
 
 
 def test_uint8_images_are_scaled_and_normalised_in_the_graph(tmp_path):
-    from rank1_keras.data.tfds_images import CIFAR_MEAN, CIFAR_STD, preprocess_cifar
+    from rank1_keras.tensorflow.tfds_images import CIFAR_MEAN, CIFAR_STD, preprocess_cifar
 
     model = _method_model("batchensemble", lambda: small_cnn((6, 6, 3), 3, padding="same"))
     serving_input = ServingInput.images("uint8", 1 / 255, CIFAR_MEAN, CIFAR_STD)
@@ -259,7 +259,7 @@ def test_uint8_images_are_scaled_and_normalised_in_the_graph(tmp_path):
 
 
 def test_imagenet_style_central_crop_of_any_size_equals_the_evaluation_preprocessing(tmp_path):
-    from rank1_keras.data.tfds_images import CENTRAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, preprocess_imagenet
+    from rank1_keras.tensorflow.tfds_images import CENTRAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, preprocess_imagenet
 
     model = _method_model("deterministic", lambda: small_cnn((16, 16, 3), 3, padding="same"))
     serving_input = ServingInput.images("uint8", 1 / 255, IMAGENET_MEAN, IMAGENET_STD, CENTRAL_CROP_FRACTION)
@@ -367,9 +367,9 @@ def test_saved_model_cli_show_and_run(tmp_path):
 def test_export_binary_serves_the_trained_run(tmp_path, method):
     from baselines.export import export_run
     from rank1_keras.data.digits import DIGITS_MAX_VALUE
-    from rank1_keras.training.experiment import run_experiment
-    from rank1_keras.training.loop import TrainingSettings
-    from rank1_keras.training.tasks import TaskOptions, load_task
+    from rank1_keras.tensorflow.training.experiment import run_experiment
+    from rank1_keras.tensorflow.training.loop import TrainingSettings
+    from rank1_keras.tensorflow.training.tasks import TaskOptions, load_task
 
     options = TaskOptions(ood=False, corruptions=(), test_examples=200)
     training = TrainingSettings(train_epochs=1, steps_per_epoch=3, per_replica_batch_size=32, optimizer="adam",
@@ -418,9 +418,9 @@ def test_export_binary_serves_the_trained_run(tmp_path, method):
 def test_export_binary_serves_the_temperature_the_run_fitted_only_for_the_weights_it_evaluated(tmp_path):
     from baselines.export import export_run
     from rank1_keras.data.digits import DIGITS_MAX_VALUE
-    from rank1_keras.training.experiment import run_experiment
-    from rank1_keras.training.loop import TrainingSettings
-    from rank1_keras.training.tasks import TaskOptions, load_task
+    from rank1_keras.tensorflow.training.experiment import run_experiment
+    from rank1_keras.tensorflow.training.loop import TrainingSettings
+    from rank1_keras.tensorflow.training.tasks import TaskOptions, load_task
 
     options = TaskOptions(ood=False, corruptions=(), test_examples=200, validation_percent=20.0)
     training = TrainingSettings(train_epochs=2, steps_per_epoch=3, per_replica_batch_size=32, optimizer="adam",

@@ -6,7 +6,6 @@ import keras
 import numpy as np
 import pytest
 
-from rank1_keras.ensemble import TileEnsemble
 from rank1_keras.layers import (
     Conv2DBatchEnsemble,
     Conv2DRank1,
@@ -17,6 +16,7 @@ from rank1_keras.layers import (
 )
 from rank1_keras.layers.rank1_mechanics import Rank1Mixin
 from rank1_keras.losses import AverageNLL
+from rank1_keras.models.ensemble import TileEnsemble
 from tests.backend_utils import gradients, numpy
 
 pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")

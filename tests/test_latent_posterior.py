@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 
 import rank1_keras as r1
-from rank1_keras.ensemble import TileEnsemble
 from rank1_keras.layers import (
     Conv1DLatentPosterior,
     Conv2DLatentPosterior,
@@ -35,6 +34,7 @@ from rank1_keras.layers.latent_posterior import (
     kl_to_standard_normal,
     reconstruction_error,
 )
+from rank1_keras.models.ensemble import TileEnsemble
 from tests.backend_utils import gradients, numpy
 from tests.test_numpy_reference import (
     K,

@@ -6,9 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from rank1_keras import ensemble
 from rank1_keras.callbacks import KLAnnealing
-from rank1_keras.ensemble import AverageMembers, MemberAxis, TileEnsemble
 from rank1_keras.layers import DenseRank1
 from rank1_keras.losses import (
     AverageGaussianNLL,
@@ -17,6 +15,8 @@ from rank1_keras.losses import (
     MixtureGaussianNLL,
     MixtureNLL,
 )
+from rank1_keras.models import ensemble
+from rank1_keras.models.ensemble import AverageMembers, MemberAxis, TileEnsemble
 from tests.backend_utils import numpy
 
 pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import rank1_keras as r1
-from rank1_keras.ensemble import MemberChains
+from rank1_keras.models.ensemble import MemberChains
 from tests.backend_utils import numpy
 
 pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import rank1_keras as r1
-from rank1_keras.initializers import TrainableNormal
 from rank1_keras.layers import (
     Conv2DBatchEnsemble,
     Conv2DLowRankEnsemble,
@@ -23,6 +22,7 @@ from rank1_keras.layers import (
     MemberRows,
 )
 from rank1_keras.layers.normalization import EnsembleBatchNormalization
+from rank1_keras.probability.initializers import TrainableNormal
 from tests.backend_utils import gradients, numpy
 
 pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")

@@ -6,14 +6,14 @@ import keras
 import numpy as np
 import pytest
 
-from rank1_keras import initializers, regularizers
 from rank1_keras.callbacks import rank1_layers
 from rank1_keras.convert import convert
 from rank1_keras.convert import methods as convertible_methods
 from rank1_keras.layers.dropout import MCDropout
-from rank1_keras.models import small_cnn
 from rank1_keras.methods import MethodSettings, build_method_models, inference_model, method_names
 from rank1_keras.methods import MethodSpec, method_spec, register_method, unregister_method
+from rank1_keras.models import small_cnn
+from rank1_keras.probability import initializers, regularizers
 from tests.backend_utils import numpy
 
 pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
@@ -184,7 +184,7 @@ def test_lpbnn_latent_inference_is_selectable():
 
 def _task_options(**options):
     # The training package (tf.data pipelines) is TensorFlow-only: imported where it is used.
-    from rank1_keras.training.tasks import TaskOptions
+    from rank1_keras.tensorflow.training.tasks import TaskOptions
 
     return TaskOptions(**options)
 

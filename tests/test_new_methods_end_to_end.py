@@ -32,10 +32,10 @@ from baselines.export import load_trained_models
 from rank1_keras.layers.latent_posterior import LatentPosteriorMixin
 from rank1_keras.layers.low_rank import LowRankEnsembleMixin, low_rank_layers
 from rank1_keras.methods.settings import MethodSettings, build_method_models
-from rank1_keras.training.checkpoint import read_header
-from rank1_keras.training.experiment import run_experiment
-from rank1_keras.training.loop import TrainData, TrainingSettings, epoch_dataset, member_stream_dataset, train
-from rank1_keras.training.tasks import TaskOptions, plain_builder
+from rank1_keras.runs.checkpoint import read_header
+from rank1_keras.tensorflow.training.experiment import run_experiment
+from rank1_keras.tensorflow.training.loop import TrainData, TrainingSettings, epoch_dataset, member_stream_dataset, train
+from rank1_keras.tensorflow.training.tasks import TaskOptions, plain_builder
 from tests.test_binaries import (
     BATCH,
     CORRUPTIONS,
@@ -222,7 +222,7 @@ def test_lpbnn(kind, tmp_path):
 
     # Bella given this run as its frozen network: one error naming Bella's flag and the run's method.
     from rank1_keras.methods.bella import load_pretrained
-    from rank1_keras.training.checkpoint import CheckpointError
+    from rank1_keras.runs.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError) as error:
         load_pretrained(plain, output_dir)

@@ -23,7 +23,6 @@ import keras
 import numpy as np
 import pytest
 
-from rank1_keras.initializers import TrainableNormal
 from rank1_keras.layers import (
     Conv1DBatchEnsemble,
     Conv1DRank1,
@@ -34,7 +33,8 @@ from rank1_keras.layers import (
     LSTMCellBatchEnsemble,
     LSTMCellRank1,
 )
-from rank1_keras import distributions
+from rank1_keras.probability import distributions
+from rank1_keras.probability.initializers import TrainableNormal
 from tests.backend_utils import numpy
 
 pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")

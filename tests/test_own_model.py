@@ -275,8 +275,8 @@ def test_logits_model_gives_the_same_ensemble_as_the_probabilities_model(method)
 def test_logits_model_trains_with_from_logits_and_evaluates_in_probability_space():
     import tensorflow as tf
 
-    from rank1_keras.training.evaluation import predict_members
-    from rank1_keras.training.loop import TrainData
+    from rank1_keras.tensorflow.training.evaluation import predict_members
+    from rank1_keras.tensorflow.training.loop import TrainData
 
     x, y = _iris()
     converted = r1.convert(_classifier(None), "batchensemble", K, output_type="logits")
@@ -300,7 +300,7 @@ def test_a_model_without_softmax_needs_output_type():
 def test_export_of_a_logits_model_serves_probabilities(tmp_path):
     import tensorflow as tf
 
-    from rank1_keras.export import export_for_serving
+    from rank1_keras.tensorflow.export import export_for_serving
 
     x, _ = _iris()
     probabilities_model, logits_model = _twins("batchensemble", {})
@@ -510,8 +510,8 @@ def test_mean_iou_against_a_hand_count():
 def test_per_pixel_evaluation_leaves_out_the_ignore_label():
     import tensorflow as tf
 
-    from rank1_keras.training.evaluation import predict_members
-    from rank1_keras.training.loop import TrainData
+    from rank1_keras.tensorflow.training.evaluation import predict_members
+    from rank1_keras.tensorflow.training.loop import TrainData
 
     rng = np.random.default_rng(6)
     images = rng.random((10, 8, 8, 1)).astype(np.float32)
@@ -529,7 +529,7 @@ def test_per_pixel_evaluation_leaves_out_the_ignore_label():
 def test_export_of_a_segmentation_model_serves_per_pixel_uncertainty(tmp_path):
     import tensorflow as tf
 
-    from rank1_keras.export import export_for_serving
+    from rank1_keras.tensorflow.export import export_for_serving
 
     rng = np.random.default_rng(7)
     images = rng.random((3, 8, 8, 1)).astype(np.float32)
@@ -572,7 +572,7 @@ def test_streaming_metrics_count_pixels_and_skip_the_ignore_label():
 def test_a_float_feature_export_refuses_non_finite_inputs(tmp_path):
     import tensorflow as tf
 
-    from rank1_keras.export import export_for_serving
+    from rank1_keras.tensorflow.export import export_for_serving
 
     x, _ = _iris()
     converted = r1.convert(_classifier(), "batchensemble", K)

@@ -10,9 +10,9 @@ import keras
 import numpy as np
 import pytest
 
-from rank1_keras import distributions, initializers
-from rank1_keras.initializers import RandomSign, TrainableCauchy, TrainableNormal
-from rank1_keras.random_variable import RandomVariable
+from rank1_keras.probability import distributions, initializers
+from rank1_keras.probability.initializers import RandomSign, TrainableCauchy, TrainableNormal
+from rank1_keras.probability.random_variable import RandomVariable
 from tests.backend_utils import gradients, numpy
 
 pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")

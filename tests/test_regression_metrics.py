@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from rank1_keras import regression_metrics as rm
+from rank1_keras.metrics import regression as rm
 
 
 def _ensemble(seed=0, members=4, examples=2000):

@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 
-from rank1_keras import distributions, regularizers
-from rank1_keras.initializers import TrainableCauchy, TrainableNormal
-from rank1_keras.random_variable import RandomVariable
-from rank1_keras.regularizers import (
+from rank1_keras.probability import distributions, regularizers
+from rank1_keras.probability.initializers import TrainableCauchy, TrainableNormal
+from rank1_keras.probability.random_variable import RandomVariable
+from rank1_keras.probability.regularizers import (
     CauchyKLDivergence,
     HierarchicalNormalKLDivergence,
     NormalKLDivergence,

@@ -12,10 +12,10 @@ import shutil
 import pytest
 
 from rank1_keras.methods.settings import MethodSettings
-from rank1_keras.training.directory_lock import DirectoryInUseError
-from rank1_keras.training.experiment import RunSettingsError, run_experiment
-from rank1_keras.training.loop import TrainingSettings
-from rank1_keras.training.tasks import TaskOptions
+from rank1_keras.runs.directory_lock import DirectoryInUseError
+from rank1_keras.tensorflow.training.experiment import RunSettingsError, run_experiment
+from rank1_keras.tensorflow.training.loop import TrainingSettings
+from rank1_keras.tensorflow.training.tasks import TaskOptions
 from tests.test_binaries import _snapshot
 from tests.test_directory_lock import start_holder
 

@@ -9,9 +9,9 @@ import pytest
 from rank1_keras.data import load_digits
 from rank1_keras.data.glyph_canvases import INK_THRESHOLD, make_canvases, make_ood_canvases
 from rank1_keras.methods.settings import MethodSettings
-from rank1_keras.training.experiment import run_experiment
-from rank1_keras.training.loop import TrainingSettings
-from rank1_keras.training.tasks import TaskOptions
+from rank1_keras.tensorflow.training.experiment import run_experiment
+from rank1_keras.tensorflow.training.loop import TrainingSettings
+from rank1_keras.tensorflow.training.tasks import TaskOptions
 
 
 def test_canvases_hold_glyphs_and_their_class_per_ink_pixel():
@@ -96,7 +96,7 @@ def test_every_method_segments_through_the_binaries_path(tmp_path, deterministic
 
 
 def test_the_miou_column_appears_only_for_segmentation_rows():
-    from rank1_keras.training.evaluation import markdown_table
+    from rank1_keras.tensorflow.training.evaluation import markdown_table
 
     classification = markdown_table([{"method": "rank1", "accuracy": 0.9}])
     assert "mIoU" not in classification and classification.count("|") == 3 * 16  # 15 columns, 3 lines
@@ -105,7 +105,7 @@ def test_the_miou_column_appears_only_for_segmentation_rows():
 
 
 def test_the_comparison_table_says_what_share_of_the_ensemble_gap_each_method_closes():
-    from rank1_keras.training.evaluation import gap_closed, markdown_table
+    from rank1_keras.tensorflow.training.evaluation import gap_closed, markdown_table
 
     rows = [{"method": "deterministic", "nll": 0.40}, {"method": "ensemble", "nll": 0.34},
             {"method": "rank1", "nll": 0.37}, {"method": "batchensemble", "nll": 0.43}]

@@ -11,7 +11,8 @@ import keras
 import numpy as np
 import pytest
 
-from rank1_keras import ensemble, losses
+from rank1_keras import losses
+from rank1_keras.models import ensemble
 from tests.backend_utils import numpy
 from tests.layer_cases import CASES, build_case_model, case_inputs
 

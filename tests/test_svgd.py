@@ -20,14 +20,14 @@ import tensorflow as tf
 
 import rank1_keras as r1
 from rank1_keras.bella import particle_variables, to_bella
-from rank1_keras.training.svgd import (
-    SVGDTrainer,
+from rank1_keras.methods.svgd import (
     flatten_particles,
     median_heuristic_bandwidth,
     svgd_gradients,
     transform_gradients,
     unflatten_particles,
 )
+from rank1_keras.tensorflow.training.svgd import SVGDTrainer
 
 DIMENSION = 5
 
@@ -234,7 +234,8 @@ _MIRRORED_SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras, rank1_keras as r1
     from rank1_keras.bella import particle_variables, to_bella
-    from rank1_keras.training.svgd import SVGDTrainer, flatten_particles
+    from rank1_keras.methods.svgd import flatten_particles
+    from rank1_keras.tensorflow.training.svgd import SVGDTrainer
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(16, 4)).astype(np.float32), rng.integers(0, 3, 16)

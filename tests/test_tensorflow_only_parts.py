@@ -16,7 +16,7 @@ def _converted():
 
 
 def test_the_serving_export_names_the_backend_it_needs(tmp_path):
-    from rank1_keras.export import export_for_serving
+    from rank1_keras.tensorflow.export import export_for_serving
 
     with pytest.raises(RuntimeError, match=rf"export_for_serving runs on the TensorFlow backend only .* "
                                            rf"this process runs Keras on {keras.backend.backend()}\. "
@@ -27,8 +27,8 @@ def test_the_serving_export_names_the_backend_it_needs(tmp_path):
 
 def test_the_training_loop_and_run_experiment_name_the_backend_they_need(tmp_path):
     from rank1_keras.methods.settings import MethodSettings
-    from rank1_keras.training.experiment import run_experiment
-    from rank1_keras.training.loop import TrainingSettings, train
+    from rank1_keras.tensorflow.training.experiment import run_experiment
+    from rank1_keras.tensorflow.training.loop import TrainingSettings, train
 
     with pytest.raises(RuntimeError, match="the training loop runs on the TensorFlow backend only"):
         train(_converted(), None, TrainingSettings(train_epochs=1))
@@ -40,7 +40,7 @@ def test_the_training_loop_and_run_experiment_name_the_backend_they_need(tmp_pat
 
 def test_the_svgd_trainer_names_the_backend_it_needs():
     from rank1_keras.bella import to_bella
-    from rank1_keras.training.svgd import SVGDTrainer
+    from rank1_keras.tensorflow.training.svgd import SVGDTrainer
 
     inputs = keras.Input((4,))
     plain = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))

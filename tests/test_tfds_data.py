@@ -1,4 +1,4 @@
-"""Tests for rank1_keras.data.tfds_images (no downloads, no real data).
+"""Tests for rank1_keras.tensorflow.tfds_images (no downloads, no real data).
 
 Two kinds of fake data:
 
@@ -33,7 +33,7 @@ from rank1_keras.data import num_classes
 from rank1_keras.data import num_examples
 from rank1_keras.data import preprocess_cifar
 from rank1_keras.data import preprocess_imagenet
-from rank1_keras.data import tfds_images
+from rank1_keras.tensorflow import tfds_images
 
 CORRUPTED = "cifar10_corrupted/gaussian_noise_3"
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465])

@@ -9,9 +9,9 @@ import tensorflow as tf
 
 from rank1_keras.methods.settings import MethodSettings, build_method_models
 from rank1_keras.models.small_cnn import small_cnn
-from rank1_keras.training import checkpoint as checkpoints
-from rank1_keras.training.loop import TrainData, TrainingSettings, epoch_dataset, train
-from rank1_keras.training.schedules import WarmupPiecewiseDecay
+from rank1_keras.runs import checkpoint as checkpoints
+from rank1_keras.tensorflow.training.loop import TrainData, TrainingSettings, epoch_dataset, train
+from rank1_keras.tensorflow.training.schedules import WarmupPiecewiseDecay
 
 
 def _data(count=256, seed=0):
@@ -399,8 +399,8 @@ def test_temperature_is_fitted_unless_the_validation_split_is_perfectly_classifi
     import tensorflow as tf
 
     from rank1_keras import metrics
-    from rank1_keras.training.evaluation import EvaluationSets, evaluate
-    from rank1_keras.training.loop import TrainData
+    from rank1_keras.tensorflow.training.evaluation import EvaluationSets, evaluate
+    from rank1_keras.tensorflow.training.loop import TrainData
 
     inputs = keras.Input((2,))
     model = keras.Model(inputs, keras.layers.Softmax()(inputs))  # logits are the inputs
@@ -429,8 +429,8 @@ def test_validation_and_shift_metrics_are_those_of_their_own_sets():
     import tensorflow as tf
 
     from rank1_keras import metrics
-    from rank1_keras.training.evaluation import EvaluationSets, evaluate
-    from rank1_keras.training.loop import TrainData
+    from rank1_keras.tensorflow.training.evaluation import EvaluationSets, evaluate
+    from rank1_keras.tensorflow.training.loop import TrainData
 
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.Softmax()(inputs))  # logits are the inputs
@@ -509,7 +509,7 @@ def test_the_divergence_error_starts_on_a_line_of_its_own(tmp_path, capsys):
 def test_train_refuses_a_checkpoint_directory_another_process_holds(tmp_path):
     from tests.test_directory_lock import start_holder
 
-    from rank1_keras.training.directory_lock import DirectoryInUseError
+    from rank1_keras.runs.directory_lock import DirectoryInUseError
 
     model, _ = _build("deterministic")
     holder = start_holder(tmp_path)

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 import rank1_keras as r1
-from rank1_keras import initializers, layers, regularizers
+from rank1_keras import layers
+from rank1_keras.probability import initializers, regularizers
 
 LAYER_FACTORIES = {
     "DenseRank1": lambda **kw: layers.DenseRank1(4, **kw),

@@ -4,7 +4,7 @@ The loaders of files that ship with packages (Fashion-MNIST, digits, UCR/UEA,
 MIMIC splits) need NumPy only and work on every Keras backend. The
 TensorFlow Datasets pipelines (`load_tfds_split`, the CIFAR/ImageNet
 preprocessing and names) are TensorFlow-only: their names import
-`rank1_keras.data.tfds_images`, and with it TensorFlow, when first used, so
+`rank1_keras.tensorflow.tfds_images`, and with it TensorFlow, when first used, so
 `import rank1_keras.data` works on a machine without TensorFlow.
 """
 
@@ -36,7 +36,7 @@ _TFDS_NAMES = (
 
 def __getattr__(name):
     if name in _TFDS_NAMES:
-        return getattr(importlib.import_module("rank1_keras.data.tfds_images"), name)
+        return getattr(importlib.import_module("rank1_keras.tensorflow.tfds_images"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

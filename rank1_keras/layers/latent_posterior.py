@@ -30,11 +30,11 @@ import math
 import keras
 from keras import ops
 
-from rank1_keras import initializers as rank1_initializers
 from rank1_keras import validation
 from rank1_keras.layers.convolutional import Conv1DBatchEnsemble, Conv2DBatchEnsemble
 from rank1_keras.layers.dense import DenseBatchEnsemble
 from rank1_keras.layers.recurrent import LSTMCellBatchEnsemble
+from rank1_keras.probability import initializers as rank1_initializers
 
 
 def _mean(values):

@@ -28,7 +28,7 @@ reshape(A_k B_k, W0.shape).
 Only A and B are trainable; W0 and b are non-trainable weights named "kernel"
 and "bias" (converted models copy them from the original network).
 `perturbation_variables` returns [A, B], each with a leading particle axis,
-which is what Bella-SVGD moves (`rank1_keras.training.svgd`).
+which is what Bella-SVGD moves (`rank1_keras.tensorflow.training.svgd`).
 """
 
 import math
@@ -41,6 +41,7 @@ from keras import ops
 from rank1_keras import validation
 from rank1_keras.layers.convolutional import ConvolutionMixin
 from rank1_keras.layers.rank1_mechanics import MemberRows
+from rank1_keras.layers.walk import layers_of
 
 
 def _check_seed(seed):
@@ -352,9 +353,5 @@ class Conv2DLowRankEnsemble(_ConvLowRankEnsemble):
 
 
 def low_rank_layers(model):
-    """Every low-rank ensemble layer inside `model`, nested ones included, in Keras' tracking order.
-
-    Keras 3 has no public recursive layer iterator; `_flatten_layers` is the
-    one Keras itself uses to collect losses, so we read it (never patch it).
-    """
-    return [layer for layer in model._flatten_layers(include_self=True) if isinstance(layer, LowRankEnsembleMixin)]
+    """Every low-rank ensemble layer inside `model`, nested ones included, in Keras' tracking order."""
+    return layers_of(model, LowRankEnsembleMixin, include_self=True)

@@ -28,10 +28,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from rank1_keras import initializers as rank1_initializers
-from rank1_keras import regularizers as rank1_regularizers
 from rank1_keras import validation
-from rank1_keras.random_variable import RandomVariable
+from rank1_keras.probability import initializers as rank1_initializers
+from rank1_keras.probability import regularizers as rank1_regularizers
+from rank1_keras.probability.random_variable import RandomVariable
 
 INFERENCE_MODES = ("sample", "mean")
 

@@ -23,9 +23,10 @@ from rank1_keras import validation
 from rank1_keras.layers.low_rank import low_rank_layers
 
 from rank1_keras.layers.low_rank import Conv1DLowRankEnsemble, Conv2DLowRankEnsemble, DenseLowRankEnsemble
-from rank1_keras.methods.converter import convert
 from rank1_keras.methods.conversions import LOW_RANK_OPTIONS, LayerConversions, convert_low_rank
+from rank1_keras.methods.converter import convert
 from rank1_keras.methods.spec import MethodSpec, register_method
+from rank1_keras.methods.svgd import transform_gradients
 
 
 def to_bella(
@@ -178,8 +179,8 @@ def load_pretrained(model, path):
     Every failure is a `CheckpointError` that names `pretrained_checkpoint`
     and, for a training run of another method or architecture, says which.
     """
-    from rank1_keras.training.checkpoint import CheckpointError, latest_checkpoint
-    from rank1_keras.training.directory_lock import DirectoryLock
+    from rank1_keras.runs.checkpoint import CheckpointError, latest_checkpoint
+    from rank1_keras.runs.directory_lock import DirectoryLock
 
     flag = f"pretrained_checkpoint={path}"
     expected = "a deterministic run's --output_dir, its ckpt-*.npz, or a Keras .weights.h5 / .keras file of the same architecture"
@@ -215,7 +216,7 @@ def load_pretrained(model, path):
 
 
 def _restore_pretrained(model, path, flag, expected, run_dir):
-    from rank1_keras.training.checkpoint import CheckpointError, restore_model_weights
+    from rank1_keras.runs.checkpoint import CheckpointError, restore_model_weights
 
     try:
         restore_model_weights(path, model)
@@ -280,12 +281,10 @@ class Bella(MethodSpec):
             return {"member_streams": settings.bella_num_particles}
         import tensorflow as tf
 
-        from rank1_keras.training import svgd
-
         particles = particle_variables(model)
 
         def transform(variables, gradients):
-            return svgd.transform_gradients(
+            return transform_gradients(
                 variables,
                 gradients,
                 particles,

@@ -20,10 +20,13 @@ import keras
 import numpy as np
 from keras.src.models.functional import Functional  # the class of functional models
 
-from rank1_keras import initializers as rank1_initializers
-from rank1_keras import regularizers as rank1_regularizers
 from rank1_keras import validation
-from rank1_keras.ensemble import (
+from rank1_keras.layers.dropout import MCDropout
+from rank1_keras.layers.gaussian import GaussianParameters
+from rank1_keras.layers.walk import layers_of
+from rank1_keras.methods.conversions import LayerRole, constructor_arguments, conversion_for, convert_batch_norm
+from rank1_keras.methods.spec import method_names, method_spec
+from rank1_keras.models.ensemble import (
     OUTPUT_TYPES,
     TRAINING_BATCHES,
     TRAINING_OUTPUTS,
@@ -32,10 +35,8 @@ from rank1_keras.ensemble import (
     MemberChains,
     TileEnsemble,
 )
-from rank1_keras.layers.dropout import MCDropout
-from rank1_keras.layers.gaussian import GaussianParameters
-from rank1_keras.methods.conversions import LayerRole, constructor_arguments, conversion_for, convert_batch_norm
-from rank1_keras.methods.spec import method_names, method_spec
+from rank1_keras.probability import initializers as rank1_initializers
+from rank1_keras.probability import regularizers as rank1_regularizers
 
 BATCH_NORM_MODES = ("per_member", "shared")
 _CORE_SUFFIX = "_members"
@@ -559,7 +560,6 @@ def set_mc_dropout(model, active):
     Also drops Keras' cached predict/evaluate/train functions, which would
     otherwise keep the old setting.
     """
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, MCDropout):
-            layer.active = bool(active)
+    for layer in layers_of(model, MCDropout):
+        layer.active = bool(active)
     model.predict_function = model.test_function = model.train_function = None

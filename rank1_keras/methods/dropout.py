@@ -2,13 +2,14 @@
 
 import keras
 
-from rank1_keras.methods.converter import convert
+from rank1_keras.layers.walk import layers_of
 from rank1_keras.methods.conversions import LayerConversions, convert_dropout
+from rank1_keras.methods.converter import convert
 from rank1_keras.methods.spec import MethodSpec, register_method
 
 
 def _has_dropout(model):
-    return any(isinstance(layer, keras.layers.Dropout) for layer in model._flatten_layers(include_self=False))
+    return bool(layers_of(model, keras.layers.Dropout))
 
 
 class MCDropoutMethod(MethodSpec):

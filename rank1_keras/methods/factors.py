@@ -7,8 +7,8 @@ r, s); `build_converted` converts a fresh plain model with them.
 
 import dataclasses
 
-from rank1_keras import initializers, regularizers
 from rank1_keras.methods.converter import convert
+from rank1_keras.probability import initializers, regularizers
 
 TRAINABLE_FAMILIES = ("trainable_normal", "trainable_cauchy")
 

@@ -191,7 +191,7 @@ class MethodSettings:
 
 
 def training_options(model, settings):
-    """Extra `rank1_keras.training.loop.train` arguments the method needs (its spec's `training_options`)."""
+    """Extra `rank1_keras.tensorflow.training.loop.train` arguments the method needs (its spec's `training_options`)."""
     return settings.spec.training_options(model, settings)
 
 

@@ -74,7 +74,7 @@ class MethodSpec:
         raise NotImplementedError
 
     def training_options(self, model, settings):
-        """Extra `rank1_keras.training.loop.train` arguments (member data streams, gradient transforms)."""
+        """Extra `rank1_keras.tensorflow.training.loop.train` arguments (member data streams, gradient transforms)."""
         return {}
 
     def __repr__(self):

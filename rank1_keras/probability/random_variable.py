@@ -1,6 +1,6 @@
 """Edward2-style random variables: a distribution and one value drawn from it.
 
-A `RandomVariable` pairs a distribution (`rank1_keras.distributions`: TFP's on
+A `RandomVariable` pairs a distribution (`rank1_keras.probability.distributions`: TFP's on
 TensorFlow, the same maths in `keras.ops` on JAX and PyTorch) with one value.
 Layer code does arithmetic with it as with the tensor it stands for, while
 regularizers read the distribution to compute a KL term. On TensorFlow it
@@ -10,7 +10,7 @@ also converts to a tensor wherever TensorFlow expects one.
 import keras
 from keras import ops
 
-from rank1_keras import distributions
+from rank1_keras.probability import distributions
 
 
 class RandomVariable:
@@ -24,7 +24,7 @@ class RandomVariable:
     backend: each backend's `keras.random` has its own generator).
 
     Args:
-        distribution: a distribution from `rank1_keras.distributions` (on
+        distribution: a distribution from `rank1_keras.probability.distributions` (on
             TensorFlow, any `tfp.distributions.Distribution`).
         sample_shape: shape of the sample to draw when `value` is not given,
             prepended to the distribution's batch and event shape.
@@ -34,7 +34,7 @@ class RandomVariable:
 
     Example:
 
-    >>> from rank1_keras import distributions
+    >>> from rank1_keras.probability import distributions
     >>> rv = RandomVariable(distributions.normal(0.0, 1.0), value=0.5)
     >>> float(rv + 1.0)
     1.5

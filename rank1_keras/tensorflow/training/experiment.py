@@ -33,10 +33,10 @@ import keras
 from rank1_keras import validation
 from rank1_keras.methods.converter import _trainable_count
 from rank1_keras.methods.settings import MethodSettings, build_method_models, inference_model, training_options
-from rank1_keras.training import evaluation
-from rank1_keras.training.checkpoint import find_resume_checkpoint, remove_interrupted_writes, write_atomically
-from rank1_keras.training.directory_lock import DirectoryLock
-from rank1_keras.training.loop import (
+from rank1_keras.runs.checkpoint import find_resume_checkpoint, remove_interrupted_writes, write_atomically
+from rank1_keras.runs.directory_lock import DirectoryLock
+from rank1_keras.tensorflow.training import evaluation
+from rank1_keras.tensorflow.training.loop import (
     TrainingSettings,
     checkpoint_directory,
     fingerprint_differences,
@@ -44,8 +44,8 @@ from rank1_keras.training.loop import (
     train,
     training_fingerprint,
 )
-from rank1_keras.training.strategy import is_chief, make_strategy
-from rank1_keras.training.tasks import TaskOptions, load_task
+from rank1_keras.tensorflow.training.strategy import is_chief, make_strategy
+from rank1_keras.tensorflow.training.tasks import TaskOptions, load_task
 
 
 def run_experiment(
@@ -62,7 +62,7 @@ def run_experiment(
     """Trains and evaluates one method on one task; returns the result dict.
 
     Args:
-        dataset: a task name (`rank1_keras.training.tasks.TASKS`).
+        dataset: a task name (`rank1_keras.tensorflow.training.tasks.TASKS`).
         method_settings: `MethodSettings` (its `train_size` is replaced by the
             task's training-set size, times its labelled positions per example
             for segmentation, whose losses average over pixels).

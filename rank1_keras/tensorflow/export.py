@@ -49,7 +49,8 @@ import tensorflow as tf
 
 from rank1_keras import validation
 from rank1_keras.convert import member_output_types, member_outputs
-from rank1_keras.ensemble import AverageMembers, check_classifier_output, class_probabilities, swap_member_axes
+from rank1_keras.layers.walk import layers_of
+from rank1_keras.models.ensemble import AverageMembers, check_classifier_output, class_probabilities, swap_member_axes
 
 SERVING_INPUT_KINDS = ("features", "images", "sequences")
 _INPUT_DTYPES = ("float32", "uint8")
@@ -238,7 +239,7 @@ def _preprocessor(serving_input, model_shape):
 def seed_generators(model):
     """Every `keras.random.SeedGenerator` of `model`'s layers (nested ones included), in a fixed order."""
     generators = []
-    for layer in model._flatten_layers(include_self=True, recursive=True):
+    for layer in layers_of(model, include_self=True):
         for generator in layer._seed_generators:
             if all(generator is not g for g in generators):
                 generators.append(generator)

@@ -1,4 +1,4 @@
-"""Stein variational gradient descent (SVGD) over Bella's particles.
+"""Stein variational gradient descent (SVGD) over Bella's particles: the update rule.
 
 Textbook SVGD (Liu & Wang, 2016), as Bella-SVGD (Doan et al., AAAI 2025)
 describes it. Particle i is the vector theta_i (length D) that concatenates,
@@ -35,24 +35,23 @@ prior, g is the plain loss gradient. The repulsion then acts with weight 1/N
 (and the prior as a 1/N-weighted log-density), which is the exact SVGD
 direction of the posterior, rescaled.
 
-Keras integration: `SVGDTrainer` wraps a Bella model and overrides
-`train_step`, so `fit`, callbacks and tf.distribute strategies work.
+Backend-agnostic (`keras.ops`). The binaries' loop applies `transform_gradients`
+to each step's gradients (`Bella.training_options`); `fit` does so through
+`rank1_keras.tensorflow.training.svgd.SVGDTrainer`.
 """
 
 import math
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from rank1_keras import bella, validation
-
-MEMBER_LOSS_REDUCTIONS = ("mean", "sum")
+from rank1_keras import validation
 
 
 def _check_particles(particles, name="particles"):
-    particles = tf.convert_to_tensor(particles)
-    if particles.shape.rank != 2 or particles.shape[0] is None:
+    particles = ops.convert_to_tensor(particles)
+    if len(particles.shape) != 2 or particles.shape[0] is None:
         raise ValueError(
             f"{name} must have shape (num_particles, D) with a known num_particles; got shape {particles.shape}."
         )
@@ -71,10 +70,8 @@ def pairwise_squared_distances(particles):
     precision when particles are close compared to their norms; the loop over
     the (few) particles keeps memory at O(n D).
     """
-    particles = tf.convert_to_tensor(particles)
-    return tf.stack(
-        [tf.reduce_sum(tf.square(particles - particles[i]), axis=1) for i in range(particles.shape[0])]
-    )
+    particles = ops.convert_to_tensor(particles)
+    return ops.stack([ops.sum(ops.square(particles - particles[i]), axis=1) for i in range(particles.shape[0])])
 
 
 def median_heuristic_bandwidth(particles):
@@ -85,26 +82,26 @@ def median_heuristic_bandwidth(particles):
 
     Example:
 
-    >>> particles = tf.constant([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])   # distances 5, 5, 10
+    >>> particles = np.array([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]], "float32")   # distances 5, 5, 10
     >>> round(float(median_heuristic_bandwidth(particles)), 2)          # 25 / log 3
     22.76
     """
-    particles = tf.stop_gradient(_check_particles(particles))
+    particles = ops.stop_gradient(_check_particles(particles))
     return _bandwidth(pairwise_squared_distances(particles), particles.shape[0])
 
 
 def _bandwidth(squared_distances, num_particles):
     rows, columns = np.triu_indices(num_particles, k=1)
-    pairs = tf.gather_nd(squared_distances, np.stack([rows, columns], axis=1))
-    distances = tf.sort(tf.sqrt(tf.maximum(pairs, 0.0)))
+    pairs = ops.take(ops.reshape(squared_distances, (-1,)), rows * num_particles + columns)
+    distances = ops.sort(ops.sqrt(ops.maximum(pairs, 0.0)))
     count = len(rows)
     if count % 2:
         median = distances[count // 2]
     else:
         median = 0.5 * (distances[count // 2 - 1] + distances[count // 2])
-    bandwidth = tf.square(median) / math.log(num_particles)
-    bandwidth = tf.where(bandwidth > 0, bandwidth, tf.ones_like(bandwidth))
-    return tf.stop_gradient(bandwidth)
+    bandwidth = ops.square(median) / math.log(num_particles)
+    bandwidth = ops.where(bandwidth > 0, bandwidth, ops.ones_like(bandwidth))
+    return ops.stop_gradient(bandwidth)
 
 
 def svgd_gradients(particles, loss_gradients, train_size, prior_stddev=None, num_replicas=1):
@@ -131,12 +128,12 @@ def svgd_gradients(particles, loss_gradients, train_size, prior_stddev=None, num
     Example (zero loss gradients: only the repulsion acts, pushing the two
     particles apart):
 
-    >>> g = svgd_gradients(tf.constant([[0.0], [1.0]]), tf.zeros((2, 1)), train_size=1)
-    >>> [round(float(v), 4) for v in tf.reshape(g, [-1])]     # +-(2/2) k_12 / h = +-(log 2) / 2
+    >>> g = svgd_gradients(np.array([[0.0], [1.0]], "float32"), np.zeros((2, 1), "float32"), train_size=1)
+    >>> [round(float(v), 4) for v in ops.convert_to_numpy(g).ravel()]     # +-(2/2) k_12 / h = +-(log 2) / 2
     [0.3466, -0.3466]
     """
     particles = _check_particles(particles)
-    loss_gradients = tf.convert_to_tensor(loss_gradients, dtype=particles.dtype)
+    loss_gradients = ops.convert_to_tensor(loss_gradients, dtype=keras.backend.standardize_dtype(particles.dtype))
     if loss_gradients.shape != particles.shape:
         raise ValueError(
             f"loss_gradients must have the shape of particles {particles.shape}; got {loss_gradients.shape}."
@@ -148,15 +145,15 @@ def svgd_gradients(particles, loss_gradients, train_size, prior_stddev=None, num
     num_particles = particles.shape[0]
 
     # theta is a constant of this step: SVGD is an update rule, not a loss.
-    particles = tf.stop_gradient(particles)
+    particles = ops.stop_gradient(particles)
     squared_distances = pairwise_squared_distances(particles)
     bandwidth = _bandwidth(squared_distances, num_particles)
-    kernel = tf.exp(-squared_distances / bandwidth)  # symmetric: k_ij = k_ji
+    kernel = ops.exp(-squared_distances / bandwidth)  # symmetric: k_ij = k_ji
 
-    driving = tf.matmul(kernel, loss_gradients) / num_particles
-    kernel_weighted_particles = tf.matmul(kernel, particles)
+    driving = ops.matmul(kernel, loss_gradients) / num_particles
+    kernel_weighted_particles = ops.matmul(kernel, particles)
     # sum_j k_ij (theta_i - theta_j) = theta_i sum_j k_ij - sum_j k_ij theta_j
-    repulsion = particles * tf.reduce_sum(kernel, axis=1, keepdims=True) - kernel_weighted_particles
+    repulsion = particles * ops.sum(kernel, axis=1, keepdims=True) - kernel_weighted_particles
     independent_of_loss = -(2.0 / (num_particles * train_size)) * repulsion / bandwidth
     if prior_stddev is not None:
         independent_of_loss += kernel_weighted_particles / (num_particles * train_size * prior_stddev**2)
@@ -168,7 +165,7 @@ def svgd_gradients(particles, loss_gradients, train_size, prior_stddev=None, num
 
 def flatten_particles(tensors):
     """Concatenates (n, ...) tensors into one (n, D) tensor, particle i in row i."""
-    tensors = [tf.convert_to_tensor(t) for t in tensors]
+    tensors = [ops.convert_to_tensor(t) for t in tensors]
     if not tensors:
         raise ValueError("tensors must hold at least one (num_particles, ...) tensor; got none.")
     num_particles = tensors[0].shape[0]
@@ -177,13 +174,14 @@ def flatten_particles(tensors):
             raise ValueError(
                 f"every tensor needs the same leading particle axis; got shapes {[t.shape for t in tensors]}."
             )
-    return tf.concat([tf.reshape(t, [num_particles, -1]) for t in tensors], axis=1)
+    return ops.concatenate([ops.reshape(t, (num_particles, -1)) for t in tensors], axis=1)
 
 
 def unflatten_particles(flat, like):
     """Inverse of `flatten_particles`: splits (n, D) into tensors shaped as `like`."""
     sizes = [int(np.prod(t.shape[1:])) for t in like]
-    return [tf.reshape(piece, t.shape) for piece, t in zip(tf.split(flat, sizes, axis=1), like)]
+    pieces = ops.split(flat, np.cumsum(sizes)[:-1].tolist(), axis=1)
+    return [ops.reshape(piece, t.shape) for piece, t in zip(pieces, like)]
 
 
 def transform_gradients(
@@ -226,9 +224,9 @@ def transform_gradients(
                 "(is the layer frozen?)."
             )
         positions.append(matches[0])
-    values = [tf.convert_to_tensor(variables[i]) for i in positions]
+    values = [ops.convert_to_tensor(variables[i]) for i in positions]
     particle_gradients = [
-        tf.zeros_like(value) if gradients[i] is None else tf.convert_to_tensor(gradients[i])
+        ops.zeros_like(value) if gradients[i] is None else ops.convert_to_tensor(gradients[i])
         for i, value in zip(positions, values)
     ]
     updates = svgd_gradients(
@@ -242,119 +240,3 @@ def transform_gradients(
     for i, update in zip(positions, unflatten_particles(updates, values)):
         transformed[i] = update
     return transformed
-
-
-# -- the Keras trainer -----------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable(package="rank1_keras")
-class SVGDTrainer(keras.Model):
-    """Trains a Bella model's particles with SVGD inside `model.fit`.
-
-    Wraps the model (`call` delegates to it) and overrides `train_step`
-    (TensorFlow backend): forward pass, `compute_loss`, gradients, the SVGD
-    transform of the particle variables' gradients (`transform_gradients`),
-    `optimizer.apply`, metrics. Other trainable variables, if any, get their
-    plain gradients. `predict` and `evaluate` are the wrapped model's.
-
-    The loss compiled in must be the members' losses combined over the tiled
-    (or split) batch: `AverageNLL(num_particles)` (the default
-    `member_loss_reduction="mean"`: the loss is (1/n) sum_i L_i, so the
-    gradient for particle i's slice is (1/n) grad L_i and is multiplied by n)
-    or a loss summing them ("sum"). `MixtureNLL` couples the particles and is
-    not a per-particle loss. The model's own losses (e.g. regularizers) join
-    the loss as usual; the particle factors carry none (use `prior_stddev`).
-    Use an optimizer without weight decay: the prior plays that role.
-
-    Under a distribution strategy, Keras divides each replica's loss by the
-    number of replicas and sums the replicas' gradients; the repulsion and
-    prior terms, the same on every replica, are therefore divided by
-    `tf.distribute.get_strategy().num_replicas_in_sync`.
-
-    Args:
-        model: a Bella model (`rank1_keras.bella.to_bella`) with >= 2 particles.
-        train_size: N, the number of training examples (the likelihood's weight).
-        prior_stddev: standard deviation of an isotropic Normal prior on theta;
-            None (default) for a flat prior.
-        member_loss_reduction: "mean" or "sum", how the compiled loss combines
-            the particles' mean losses (see above).
-
-    Example:
-
-        trainer = SVGDTrainer(to_bella(pretrained, num_particles=4), train_size=len(x))
-        trainer.compile(keras.optimizers.SGD(0.01), loss=rank1_keras.AverageNLL(4))
-        trainer.fit(x, y, epochs=3)
-        probabilities = trainer.predict(x)
-    """
-
-    def __init__(self, model, train_size, prior_stddev=None, member_loss_reduction="mean", **kwargs):
-        validation.require_tensorflow("SVGDTrainer", "its train_step uses tf.GradientTape and tf.distribute")
-        super().__init__(**kwargs)
-        self.bella_model = model
-        self.train_size = validation.check_positive_int(train_size, "train_size")
-        if prior_stddev is not None:
-            prior_stddev = validation.check_positive_finite(prior_stddev, "prior_stddev")
-        self.prior_stddev = prior_stddev
-        self.member_loss_reduction = validation.check_choice(
-            member_loss_reduction, "member_loss_reduction", MEMBER_LOSS_REDUCTIONS
-        )
-        self.num_particles = bella.num_particles(model)
-        if self.num_particles < 2:
-            raise ValueError(
-                f"SVGD needs at least 2 particles; model has num_particles={self.num_particles}. "
-                "Convert with to_bella(..., num_particles=2 or more)."
-            )
-        self.particle_variables = bella.particle_variables(model)
-
-    def call(self, inputs, training=None):
-        return self.bella_model(inputs, training=training)
-
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-            scaled_loss = self.optimizer.scale_loss(loss)
-        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        variables = self.trainable_variables
-        gradients = tape.gradient(scaled_loss, variables)
-        # Undo a mixed-precision loss scale before SVGD and redo it after, so
-        # that the repulsion is not scaled with the loss.
-        loss_scale = self.optimizer.scale_loss(tf.ones((), dtype=scaled_loss.dtype))
-        loss_scale = tf.cast(loss_scale, self.particle_variables[0].dtype)
-        per_member = self.num_particles if self.member_loss_reduction == "mean" else 1
-        transformed = transform_gradients(
-            variables,
-            gradients,
-            self.particle_variables,
-            self.train_size,
-            prior_stddev=self.prior_stddev,
-            loss_gradient_scale=per_member / loss_scale,
-            num_replicas=num_replicas,
-        )
-        particle_ids = {id(v) for v in self.particle_variables}
-        transformed = [
-            g * loss_scale if id(v) in particle_ids else g for v, g in zip(variables, transformed)
-        ]
-        self.optimizer.apply(transformed, variables)
-        # Keras divides each replica's loss by the replicas; the tracker shows the global mean.
-        batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
-        for metric in self.metrics:
-            if metric.name == "loss":
-                metric.update_state(loss * num_replicas, sample_weight=batch_size)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "model": keras.saving.serialize_keras_object(self.bella_model),
-            "train_size": self.train_size,
-            "prior_stddev": self.prior_stddev,
-            "member_loss_reduction": self.member_loss_reduction,
-        }
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        model = keras.saving.deserialize_keras_object(config.pop("model"), custom_objects=custom_objects)
-        return cls(model, **config)

@@ -33,9 +33,9 @@ import tensorflow as tf
 from rank1_keras import validation
 from rank1_keras.callbacks import KLAnnealing, rank1_layers
 from rank1_keras.losses import AverageNLL, MixtureNLL
-from rank1_keras.training import checkpoint as checkpoints
-from rank1_keras.training.directory_lock import DirectoryLock
-from rank1_keras.training.schedules import WarmupPiecewiseDecay
+from rank1_keras.runs import checkpoint as checkpoints
+from rank1_keras.runs.directory_lock import DirectoryLock
+from rank1_keras.tensorflow.training.schedules import WarmupPiecewiseDecay
 
 OPTIMIZERS = ("sgd", "adam")
 

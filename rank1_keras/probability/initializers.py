@@ -21,8 +21,9 @@ import random
 
 import keras
 
-from rank1_keras import distributions, validation
-from rank1_keras.random_variable import RandomVariable
+from rank1_keras import validation
+from rank1_keras.probability import distributions
+from rank1_keras.probability.random_variable import RandomVariable
 
 _PACKAGE = "rank1_keras"
 
@@ -90,7 +91,7 @@ class TrainableInitializer:
 
     1. `build(layer, name, shape)` creates the parameters with
        `layer.add_weight` (once).
-    2. `distribution()` returns the current posterior (`rank1_keras.distributions`:
+    2. `distribution()` returns the current posterior (`rank1_keras.probability.distributions`:
        TFP's on TensorFlow), with event shape `shape`.
     3. `__call__(shape, dtype, sample_shape=(), seed=None)` returns a
        `RandomVariable` with a fresh, reparameterised draw (`seed`: a

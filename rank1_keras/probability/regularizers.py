@@ -16,8 +16,9 @@ import math
 import keras
 from keras import ops
 
-from rank1_keras import distributions, validation
-from rank1_keras.random_variable import RandomVariable
+from rank1_keras import validation
+from rank1_keras.probability import distributions
+from rank1_keras.probability.random_variable import RandomVariable
 
 _PACKAGE = "rank1_keras"
 

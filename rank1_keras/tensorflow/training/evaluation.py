@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from rank1_keras import metrics
 from rank1_keras.convert import member_output_types, member_outputs
-from rank1_keras.ensemble import AverageMembers, class_probabilities, swap_member_axes
-from rank1_keras.training.loop import TrainData, epoch_dataset
+from rank1_keras.models.ensemble import AverageMembers, class_probabilities, swap_member_axes
+from rank1_keras.tensorflow.training.loop import TrainData, epoch_dataset
 
 
 @dataclasses.dataclass

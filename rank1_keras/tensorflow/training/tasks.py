@@ -22,9 +22,9 @@ import numpy as np
 import tensorflow as tf
 
 from rank1_keras import validation
-from rank1_keras.export import ServingInput
-from rank1_keras.training.evaluation import EvaluationSets
-from rank1_keras.training.loop import TrainData
+from rank1_keras.tensorflow.export import ServingInput
+from rank1_keras.tensorflow.training.evaluation import EvaluationSets
+from rank1_keras.tensorflow.training.loop import TrainData
 
 ARCHITECTURES = ("small_cnn", "wide_resnet", "resnet50", "lstm", "small_unet")
 
@@ -88,7 +88,7 @@ class Task:
     evaluation: EvaluationSets
     build_plain: object  # () -> a fresh plain keras.Model
     model_spec: dict  # rebuilds build_plain without the data: `plain_builder(model_spec, options)`
-    serving_input: object  # rank1_keras.export.ServingInput: raw examples -> this task's model input
+    serving_input: object  # rank1_keras.tensorflow.export.ServingInput: raw examples -> this task's model input
     notes: str = ""
     # Labelled positions per example: H*W for segmentation, whose losses average over
     # pixels, so the KL is scaled by 1/(examples x positions) to keep the ELBO's balance.
@@ -398,7 +398,7 @@ def _binary_pair_task(name, dataset, ood_name, ood_dataset):
 
 
 def _tfds_data(name, split, data_dir, preprocess, limit=0):
-    from rank1_keras.data import tfds_images
+    from rank1_keras.tensorflow import tfds_images
 
     dataset = tfds_images.load_tfds_split(name, split, data_dir)
     try:
@@ -416,7 +416,7 @@ def _tfds_data(name, split, data_dir, preprocess, limit=0):
 
 def _cifar_task(name):
     def load(options):
-        from rank1_keras.data import tfds_images
+        from rank1_keras.tensorflow import tfds_images
 
         preprocess = tfds_images.preprocess_cifar
         held = options.validation_percent
@@ -465,7 +465,7 @@ def _cifar_task(name):
 
 
 def imagenet_task(options):
-    from rank1_keras.data import tfds_images
+    from rank1_keras.tensorflow import tfds_images
 
     image_size = options.image_size
 

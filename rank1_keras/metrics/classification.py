@@ -23,7 +23,7 @@ Temperature scaling: ``fit_temperature`` (or
 
 Keras (streaming) versions for ``model.compile(metrics=...)``, which also
 average K*B member rows: ``EnsembleAccuracy``, ``EnsembleNLL``, ``BrierScore``,
-``ExpectedCalibrationError`` (from ``rank1_keras.keras_metrics``).
+``ExpectedCalibrationError`` (from ``rank1_keras.metrics.streaming``).
 
 Inputs are checked (``ValueError`` on bad shapes, labels, or rows that are not
 distributions) and computed in float64.
@@ -40,8 +40,6 @@ Example:
 import os
 
 import numpy as np
-
-from rank1_keras.keras_metrics import BrierScore, EnsembleAccuracy, EnsembleNLL, ExpectedCalibrationError  # noqa: F401
 
 # Rows of `probabilities` may sum to 1 up to this absolute error, which
 # tolerates float32 softmax outputs and rounding in averaged ensembles.

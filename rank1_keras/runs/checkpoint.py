@@ -233,7 +233,7 @@ def remove_interrupted_writes(directory):
 
     They are never a checkpoint: `write_atomically` renames a file only once
     it is complete. Only the holder of `directory`'s lock may call this
-    (`rank1_keras.training.directory_lock`): another live process's `.tmp-*`
+    (`rank1_keras.runs.directory_lock`): another live process's `.tmp-*`
     file is one it is still writing.
     """
     if not os.path.isdir(directory):

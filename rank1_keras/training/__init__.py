@@ -1,1 +1,0 @@
-"""Training machinery the binaries share: strategies, the custom loop, checkpoints, schedules, evaluation."""
