@@ -1,5 +1,6 @@
 """Float64 NumPy references shared by the layer tests."""
 
+import itertools
 import math
 
 import numpy as np
@@ -41,3 +42,27 @@ def conv(x, kernel, strides=1, padding="valid", dilation=1, groups=1, data_forma
                 window[..., g * group_in:(g + 1) * group_in] @ kernel[offset][:, g * group_out:(g + 1) * group_out]
             )
     return np.moveaxis(outputs, -1, 1) if data_format == "channels_first" else outputs
+
+
+def svgd(particles, loss_gradients, train_size, prior_stddev=None):
+    """Bella-SVGD's update g_i = -phi(theta_i) / N in float64, one particle pair at a time.
+
+    phi_i = (1/n) sum_j [k(theta_j, theta_i) grad log p(theta_j) + grad_{theta_j} k(theta_j, theta_i)],
+    grad log p = -N grad L - theta / sigma^2; returns (g, the median-heuristic bandwidth h).
+    """
+    particles = np.asarray(particles, np.float64)
+    n = len(particles)
+    distances = [np.linalg.norm(particles[i] - particles[j]) for i, j in itertools.combinations(range(n), 2)]
+    bandwidth = np.median(distances) ** 2 / np.log(n)
+    gradients = np.zeros_like(particles)
+    for i in range(n):
+        phi = np.zeros(particles.shape[1])
+        for j in range(n):
+            kernel = np.exp(-np.sum((particles[i] - particles[j]) ** 2) / bandwidth)
+            grad_log_posterior = -train_size * np.asarray(loss_gradients[j], np.float64)
+            if prior_stddev is not None:
+                grad_log_posterior = grad_log_posterior - particles[j] / prior_stddev**2
+            grad_kernel_wrt_theta_j = -2.0 / bandwidth * (particles[j] - particles[i]) * kernel
+            phi += kernel * grad_log_posterior + grad_kernel_wrt_theta_j
+        gradients[i] = -phi / n / train_size
+    return gradients, bandwidth

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rank1_keras import metrics
+from rank1_keras import metrics, post_processing
 from rank1_keras.convert import member_outputs
 from rank1_keras.methods import method_names
 from rank1_keras.methods.settings import MethodSettings, build_method_models, inference_model
@@ -113,7 +113,7 @@ def test_temperature_scales_the_averaged_probabilities_as_the_evaluation_does(tm
     plain = _serve(export_for_serving(model, str(tmp_path / "plain"), seed=None), X)
     scaled = _serve(export_for_serving(model, str(tmp_path / "scaled"), seed=None, temperature=2.5), X)
     # The float64 reference the "(T)" columns use, applied to the unscaled export's mean.
-    expected = metrics.apply_temperature_to_probabilities(plain["probabilities"].astype("float64"), 2.5)
+    expected = post_processing.apply_temperature_to_probabilities(plain["probabilities"].astype("float64"), 2.5)
     np.testing.assert_allclose(scaled["probabilities"], expected, atol=1e-6)
     assert np.abs(scaled["probabilities"] - plain["probabilities"]).max() > 1e-3  # T = 2.5 softens
     np.testing.assert_allclose(scaled["predictive_entropy"], metrics.predictive_entropy(expected), atol=1e-5)
@@ -222,13 +222,13 @@ def _lstm():
     "method", ["rank1", pytest.param("dropout", marks=pytest.mark.slow), pytest.param("ensemble", marks=pytest.mark.slow)]
 )
 def test_lstm_with_lengths_equals_the_task_preprocessing(tmp_path, method):
-    from rank1_keras.tensorflow.training.tasks import _standardise, _with_observed_channel
+    from rank1_keras.data.sequences import standardise, with_observed_channel
 
     rng = np.random.default_rng(1)
     raw = rng.normal(2.0, 3.0, size=(5, 7, 3)).astype("float32")
     lengths = np.array([7, 1, 4, 0, 3], "int32")
     raw[2, 1, 0] = np.nan  # a missing value counts as 0, as the loaders do
-    (train,), (mean, std) = _standardise(_with_observed_channel(raw, lengths, 9), [])
+    (train,), (mean, std) = standardise(with_observed_channel(raw, lengths, 9), [])
     model = _method_model(method, _lstm)
     serving_input = ServingInput.sequences(mean=mean, stddev=std)
     path = export_for_serving(model, str(tmp_path / "lstm"), num_samples=2, seed=1, serving_input=serving_input)

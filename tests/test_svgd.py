@@ -1,13 +1,8 @@
-"""Bella-SVGD: svgd_gradients against a float64 NumPy SVGD, the gradient plumbing, SVGDTrainer.
+"""Bella-SVGD's SVGDTrainer (TensorFlow only): one step against the float64 NumPy SVGD, fit, files, strategies.
 
-The NumPy reference is written from the textbook formula, a double loop over
-particle pairs:
-
-    phi_i = (1/n) sum_j [k(theta_j, theta_i) grad log p(theta_j) + grad_{theta_j} k(theta_j, theta_i)]
-    grad log p = -N grad L - theta / sigma^2,   g_i = -phi_i / N.
+The update rule itself is tested on every backend in test_svgd_update.py.
 """
 
-import itertools
 import os
 import subprocess
 import sys
@@ -20,134 +15,9 @@ import tensorflow as tf
 
 import rank1_keras as r1
 from rank1_keras.bella import particle_variables, to_bella
-from rank1_keras.methods.svgd import (
-    flatten_particles,
-    median_heuristic_bandwidth,
-    svgd_gradients,
-    transform_gradients,
-    unflatten_particles,
-)
+from rank1_keras.methods.svgd import flatten_particles
 from rank1_keras.tensorflow.training.svgd import SVGDTrainer
-
-DIMENSION = 5
-
-
-def _numpy_svgd(particles, loss_gradients, train_size, prior_stddev=None):
-    """g_i = -phi(theta_i) / N in float64, one pair at a time."""
-    particles = np.asarray(particles, np.float64)
-    n = len(particles)
-    distances = [np.linalg.norm(particles[i] - particles[j]) for i, j in itertools.combinations(range(n), 2)]
-    bandwidth = np.median(distances) ** 2 / np.log(n)
-    gradients = np.zeros_like(particles)
-    for i in range(n):
-        phi = np.zeros(particles.shape[1])
-        for j in range(n):
-            kernel = np.exp(-np.sum((particles[i] - particles[j]) ** 2) / bandwidth)
-            grad_log_posterior = -train_size * np.asarray(loss_gradients[j], np.float64)
-            if prior_stddev is not None:
-                grad_log_posterior = grad_log_posterior - particles[j] / prior_stddev**2
-            grad_kernel_wrt_theta_j = -2.0 / bandwidth * (particles[j] - particles[i]) * kernel
-            phi += kernel * grad_log_posterior + grad_kernel_wrt_theta_j
-        gradients[i] = -phi / n / train_size
-    return gradients, bandwidth
-
-
-def _pairwise_distances(particles):
-    return np.array([np.linalg.norm(a - b) for a, b in itertools.combinations(np.asarray(particles), 2)])
-
-
-@pytest.mark.parametrize("num_particles", [3, 4])
-@pytest.mark.parametrize("prior_stddev", [None, 0.7])
-def test_svgd_gradients_match_numpy(num_particles, prior_stddev):
-    rng = np.random.default_rng(num_particles)
-    particles = rng.normal(size=(num_particles, DIMENSION))
-    loss_gradients = rng.normal(size=(num_particles, DIMENSION))
-    expected, bandwidth = _numpy_svgd(particles, loss_gradients, train_size=2, prior_stddev=prior_stddev)
-    actual = svgd_gradients(tf.constant(particles), tf.constant(loss_gradients), 2, prior_stddev=prior_stddev)
-    assert actual.dtype == tf.float64
-    np.testing.assert_allclose(actual.numpy(), expected, rtol=0, atol=1e-6)
-    assert float(median_heuristic_bandwidth(tf.constant(particles))) == pytest.approx(bandwidth, rel=1e-12)
-    # The repulsion really contributes at train_size=2: dropping it changes g.
-    driving_only = _numpy_svgd(particles, loss_gradients, train_size=10**9, prior_stddev=None)[0]
-    assert np.max(np.abs(driving_only - expected)) > 1e-2
-
-
-def test_replicas_divide_only_the_loss_independent_terms():
-    rng = np.random.default_rng(0)
-    particles, loss_gradients = rng.normal(size=(3, DIMENSION)), rng.normal(size=(3, DIMENSION))
-    replicas = 4
-    # Each replica sees loss_gradients / replicas (Keras scales the replica loss); the sum is one device's g.
-    per_replica = svgd_gradients(particles, loss_gradients / replicas, 2, prior_stddev=0.5, num_replicas=replicas)
-    single = svgd_gradients(particles, loss_gradients, 2, prior_stddev=0.5)
-    np.testing.assert_allclose(replicas * per_replica.numpy(), single.numpy(), atol=1e-12)
-
-
-def test_median_heuristic_value():
-    # Distances 5, 5, 10 (i < j): median 5, h = 25 / log 3.
-    particles = tf.constant([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]], tf.float64)
-    assert float(median_heuristic_bandwidth(particles)) == pytest.approx(25 / np.log(3), rel=1e-12)
-    # Four particles: six distances, the median averages the middle two.
-    particles = np.random.default_rng(1).normal(size=(4, DIMENSION))
-    expected = np.median(_pairwise_distances(particles)) ** 2 / np.log(4)
-    assert float(median_heuristic_bandwidth(tf.constant(particles))) == pytest.approx(expected, rel=1e-12)
-
-
-@pytest.mark.parametrize("num_particles", [3, 4])
-def test_repulsion_alone_pushes_particles_apart(num_particles):
-    particles = np.random.default_rng(5).normal(size=(num_particles, DIMENSION))
-    gradients = svgd_gradients(tf.constant(particles), tf.zeros((num_particles, DIMENSION), tf.float64), 2).numpy()
-    np.testing.assert_allclose(gradients, _numpy_svgd(particles, np.zeros_like(particles), 2)[0], atol=1e-6)
-    moved = particles - 0.1 * gradients
-    assert np.all(_pairwise_distances(moved) > _pairwise_distances(particles))
-    np.testing.assert_allclose(gradients.sum(axis=0), 0.0, atol=1e-12)  # pure repulsion: no net drift
-
-
-def test_one_particle_is_an_error():
-    with pytest.raises(ValueError, match="at least 2 particles"):
-        svgd_gradients(tf.ones((1, DIMENSION)), tf.ones((1, DIMENSION)), 10)
-    with pytest.raises(ValueError, match="at least 2 particles"):
-        median_heuristic_bandwidth(tf.ones((1, DIMENSION)))
-    with pytest.raises(ValueError, match="at least 2 particles"):
-        SVGDTrainer(to_bella(_mlp(), num_particles=1, rank=2), train_size=10)
-
-
-@pytest.mark.parametrize(
-    "call, argument",
-    [
-        (lambda: svgd_gradients(tf.ones((2, 3)), tf.ones((2, 3)), 0), "train_size"),
-        (lambda: svgd_gradients(tf.ones((2, 3)), tf.ones((2, 3)), 5, prior_stddev=0.0), "prior_stddev"),
-        (lambda: svgd_gradients(tf.ones((2, 3)), tf.ones((2, 4)), 5), "loss_gradients"),
-        (lambda: SVGDTrainer(to_bella(_mlp(), num_particles=2), train_size=-1), "train_size"),
-        (lambda: SVGDTrainer(to_bella(_mlp(), num_particles=2), 8, member_loss_reduction="max"), "member_loss_reduction"),
-    ],
-)
-def test_bad_arguments(call, argument):
-    with pytest.raises(ValueError, match=argument):
-        call()
-
-
-def test_flatten_and_transform_gradients():
-    rng = np.random.default_rng(2)
-    shapes = [(3, 4, 2), (3, 2, 5)]
-    tensors = [tf.constant(rng.normal(size=s)) for s in shapes]
-    flat = flatten_particles(tensors)
-    assert flat.shape == (3, 4 * 2 + 2 * 5)
-    np.testing.assert_array_equal(flat[1].numpy(), np.concatenate([t[1].numpy().ravel() for t in tensors]))
-    for restored, tensor in zip(unflatten_particles(flat, tensors), tensors):
-        np.testing.assert_array_equal(restored.numpy(), tensor.numpy())
-
-    particle_a, particle_b = (keras.Variable(t.numpy(), dtype="float64") for t in tensors)
-    other = keras.Variable(np.ones((4,)), dtype="float64")
-    gradients = [tf.constant(rng.normal(size=v.shape)) for v in (particle_a, other, particle_b)]
-    transformed = transform_gradients(
-        [particle_a, other, particle_b], gradients, [particle_a, particle_b], train_size=2, loss_gradient_scale=3.0
-    )
-    assert transformed[1] is gradients[1]  # not a particle variable: untouched
-    expected = _numpy_svgd(flat.numpy(), 3.0 * flatten_particles([gradients[0], gradients[2]]).numpy(), 2)[0]
-    np.testing.assert_allclose(flatten_particles([transformed[0], transformed[2]]).numpy(), expected, atol=1e-6)
-    with pytest.raises(ValueError, match="particle_variables"):
-        transform_gradients([particle_a], gradients[:1], [particle_a, particle_b], train_size=2)
-
+from tests import numpy_references
 
 # -- SVGDTrainer -----------------------------------------------------------------------
 
@@ -167,6 +37,23 @@ def _data(size=48):
     return x, y
 
 
+def test_one_particle_is_an_error():
+    with pytest.raises(ValueError, match="at least 2 particles"):
+        SVGDTrainer(to_bella(_mlp(), num_particles=1, rank=2), train_size=10)
+
+
+@pytest.mark.parametrize(
+    "call, argument",
+    [
+        (lambda: SVGDTrainer(to_bella(_mlp(), num_particles=2), train_size=-1), "train_size"),
+        (lambda: SVGDTrainer(to_bella(_mlp(), num_particles=2), 8, member_loss_reduction="max"), "member_loss_reduction"),
+    ],
+)
+def test_bad_arguments(call, argument):
+    with pytest.raises(ValueError, match=argument):
+        call()
+
+
 def test_one_step_equals_numpy_svgd():
     particles = 3
     model = to_bella(_mlp(), num_particles=particles, rank=2, layers=[keras.layers.Dense])
@@ -182,7 +69,7 @@ def test_one_step_equals_numpy_svgd():
     # AverageNLL is (1/n) sum_i L_i: n times its gradient is grad L_i for particle i's slice.
     loss_gradients = flatten_particles([particles * g for g in tape.gradient(total_loss, variables)]).numpy()
     theta = flatten_particles([v.numpy() for v in variables]).numpy()
-    expected_gradients = _numpy_svgd(theta, loss_gradients, train_size)[0]
+    expected_gradients = numpy_references.svgd(theta, loss_gradients, train_size)[0]
     expected = theta.astype(np.float64) - learning_rate * expected_gradients
 
     trainer = SVGDTrainer(model, train_size=train_size)

@@ -23,17 +23,19 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from rank1_keras.data import CIFAR10_CORRUPTIONS
-from rank1_keras.data import CORRUPTION_SEVERITIES
 from rank1_keras.data import DataNotFoundError
-from rank1_keras.data import TFDS_IMAGE_DATASETS
-from rank1_keras.data import cifar10_corrupted_name
-from rank1_keras.data import load_tfds_split
-from rank1_keras.data import num_classes
-from rank1_keras.data import num_examples
-from rank1_keras.data import preprocess_cifar
-from rank1_keras.data import preprocess_imagenet
 from rank1_keras.tensorflow import tfds_images
+from rank1_keras.tensorflow.tfds_images import (
+    CIFAR10_CORRUPTIONS,
+    CORRUPTION_SEVERITIES,
+    TFDS_IMAGE_DATASETS,
+    cifar10_corrupted_name,
+    load_tfds_split,
+    num_classes,
+    num_examples,
+    preprocess_cifar,
+    preprocess_imagenet,
+)
 
 CORRUPTED = "cifar10_corrupted/gaussian_noise_3"
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465])

@@ -398,7 +398,7 @@ def test_temperature_is_fitted_unless_the_validation_split_is_perfectly_classifi
     import numpy as np
     import tensorflow as tf
 
-    from rank1_keras import metrics
+    from rank1_keras import metrics, post_processing
     from rank1_keras.tensorflow.training.evaluation import EvaluationSets, evaluate
     from rank1_keras.tensorflow.training.loop import TrainData
 
@@ -417,7 +417,7 @@ def test_temperature_is_fitted_unless_the_validation_split_is_perfectly_classifi
 
     mixed_x, mixed_y = np.array([[3.0, 0.0], [0.0, 2.0], [1.0, 0.0]], "float32"), np.array([0, 1, 1])
     result = evaluate(model, EvaluationSets(test=data(test_x, test_y), validation=data(mixed_x, mixed_y)))
-    expected = metrics.fit_temperature(mixed_x.astype("float64"), mixed_y)
+    expected = post_processing.fit_temperature(mixed_x.astype("float64"), mixed_y)
     assert abs(result["temperature"] - expected) < 1e-4 * expected
     assert "temperature_skipped" not in result
 
@@ -428,7 +428,7 @@ def test_validation_and_shift_metrics_are_those_of_their_own_sets():
     import numpy as np
     import tensorflow as tf
 
-    from rank1_keras import metrics
+    from rank1_keras import metrics, post_processing
     from rank1_keras.tensorflow.training.evaluation import EvaluationSets, evaluate
     from rank1_keras.tensorflow.training.loop import TrainData
 
@@ -456,7 +456,7 @@ def test_validation_and_shift_metrics_are_those_of_their_own_sets():
     shifts = [shift_a, shift_b]
     assert result["shift_nll"] == pytest.approx(
         np.mean([metrics.negative_log_likelihood(softmax(x), y) for x, y in shifts]), 1e-5)
-    temperature = metrics.fit_temperature(valid[0].astype("float64"), valid[1])
+    temperature = post_processing.fit_temperature(valid[0].astype("float64"), valid[1])
     scaled_eces = [metrics.expected_calibration_error(softmax(x / temperature), y) for x, y in shifts]
     assert result["shift_ece_temperature_scaled"] == pytest.approx(np.mean(scaled_eces), rel=1e-3, abs=1e-4)
 

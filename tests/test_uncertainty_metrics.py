@@ -1,6 +1,7 @@
-"""Tests for the uncertainty, OOD, diversity, temperature-scaling and plotting
-functions of rank1_keras.metrics, against hand-derived values, loop-based
-references written here, and scikit-learn for AUROC / AUPR."""
+"""Tests for the uncertainty, OOD, diversity and plotting functions of
+rank1_keras.metrics and the temperature scaling of rank1_keras.post_processing,
+against hand-derived values, loop-based references written here, and
+scikit-learn for AUROC / AUPR."""
 
 import math
 import os
@@ -15,7 +16,8 @@ import pytest
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from rank1_keras import metrics
+from rank1_keras import metrics, post_processing
+from rank1_keras.metrics import calibration
 
 LOG2 = math.log(2.0)
 TINY = np.finfo(np.float64).tiny  # ~2.2e-308, the floor of the NLL
@@ -466,29 +468,29 @@ def test_diversity_needs_two_members(function):
 def test_apply_temperature_hand_cases():
     # [0, 2 log 3] / 2 = [0, log 3]: softmax = [1, 3] / 4.
     np.testing.assert_allclose(
-        metrics.apply_temperature([[0.0, 2 * math.log(3.0)]], 2.0),
+        post_processing.apply_temperature([[0.0, 2 * math.log(3.0)]], 2.0),
         [[0.25, 0.75]], rtol=1e-14)
     # [0, log 3] / (1/2) = [0, 2 log 3]: softmax = [1, 9] / 10.
     np.testing.assert_allclose(
-        metrics.apply_temperature([[0.0, math.log(3.0)]], 0.5),
+        post_processing.apply_temperature([[0.0, math.log(3.0)]], 0.5),
         [[0.1, 0.9]], rtol=1e-14)
     # Huge logits do not overflow (the row maximum is subtracted):
     # [1000, 1000 + log 3] -> [1, 3] / 4.
     np.testing.assert_allclose(
-        metrics.apply_temperature([[1000.0, 1000.0 + math.log(3.0)]], 1),
+        post_processing.apply_temperature([[1000.0, 1000.0 + math.log(3.0)]], 1),
         [[0.25, 0.75]], rtol=1e-12)
     # p^(1/T) renormalised: [0.1, 0.9]^(1/2) ~ [1, 3] / 4.
     np.testing.assert_allclose(
-        metrics.apply_temperature_to_probabilities([[0.1, 0.9]], 2.0),
+        post_processing.apply_temperature_to_probabilities([[0.1, 0.9]], 2.0),
         [[0.25, 0.75]], rtol=1e-14)
 
 
 def test_apply_temperature_random_case():
     rng = np.random.default_rng(8)
     logits = rng.normal(scale=3.0, size=(50, 6))
-    np.testing.assert_allclose(metrics.apply_temperature(logits, 1.0),
+    np.testing.assert_allclose(post_processing.apply_temperature(logits, 1.0),
                                _softmax(logits), rtol=1e-13)
-    scaled = metrics.apply_temperature(logits, 2.5)
+    scaled = post_processing.apply_temperature(logits, 2.5)
     assert scaled.dtype == np.float64
     np.testing.assert_allclose(scaled, _softmax(logits / 2.5), rtol=1e-13)
     np.testing.assert_allclose(scaled.sum(axis=1), 1.0, rtol=1e-14)
@@ -517,13 +519,13 @@ def known_temperature_split():
 
 def test_fit_temperature_recovers_known_temperature(known_temperature_split):
     logits, labels, true_temperature = known_temperature_split
-    temperature = metrics.fit_temperature(logits, labels)
+    temperature = post_processing.fit_temperature(logits, labels)
     assert isinstance(temperature, float)
     assert temperature == pytest.approx(true_temperature, abs=0.05)
 
     def nll(t):
         return metrics.negative_log_likelihood(
-            metrics.apply_temperature(logits, t), labels)
+            post_processing.apply_temperature(logits, t), labels)
 
     fitted = nll(temperature)
     for other in (1.0, true_temperature, true_temperature - 0.3,
@@ -539,7 +541,7 @@ def test_fit_temperature_matches_scipy_and_loop_nll():
     logits = rng.normal(scale=2.0, size=(300, 4))
     labels = rng.integers(0, 4, size=300)
     logits[np.arange(300), labels] += 1.5  # informative, overconfident logits
-    temperature = metrics.fit_temperature(logits, labels)
+    temperature = post_processing.fit_temperature(logits, labels)
     logits_list, labels_list = logits.tolist(), labels.tolist()
     reference = minimize_scalar(
         lambda u: _loop_nll(logits_list, labels_list, math.exp(u)),
@@ -554,7 +556,7 @@ def test_fit_temperature_hand_case():
     # Logits [0, 1] three times with labels 1, 1, 0. p(1) = sigmoid(1/T) and
     # nll = -(2 log q + log(1 - q)) / 3 with q = p(1) is minimal at q = 2/3:
     # sigmoid(1/T) = 2/3  <=>  1/T = log 2  <=>  T = 1 / log 2.
-    temperature = metrics.fit_temperature([[0.0, 1.0]] * 3, [1, 1, 0])
+    temperature = post_processing.fit_temperature([[0.0, 1.0]] * 3, [1, 1, 0])
     assert temperature == pytest.approx(1 / LOG2, rel=1e-8)
 
 
@@ -563,11 +565,11 @@ def test_fit_temperature_is_shift_invariant_and_accepts_float32():
     logits = rng.normal(size=(100, 3))
     labels = rng.integers(0, 3, size=100)
     logits[np.arange(100), labels] += 1.0
-    temperature = metrics.fit_temperature(logits, labels)
+    temperature = post_processing.fit_temperature(logits, labels)
     shifted = logits + rng.normal(scale=10.0, size=(100, 1))
-    assert metrics.fit_temperature(shifted, labels) == pytest.approx(
+    assert post_processing.fit_temperature(shifted, labels) == pytest.approx(
         temperature, rel=1e-7)
-    assert metrics.fit_temperature(logits.astype(np.float32), labels) == \
+    assert post_processing.fit_temperature(logits.astype(np.float32), labels) == \
         pytest.approx(temperature, rel=1e-5)
 
 
@@ -575,29 +577,29 @@ def test_fit_temperature_edge_cases_hit_the_bounds():
     # Separable: every label has the largest logit, so the NLL keeps falling
     # as T -> 0 and the lower bound is returned.
     logits = [[2.0, 0.0], [0.0, 3.0]]
-    assert metrics.fit_temperature(logits, [0, 1]) == 1e-3
-    assert metrics.fit_temperature(logits, [0, 1], bounds=(0.2, 5.0)) == 0.2
+    assert post_processing.fit_temperature(logits, [0, 1]) == 1e-3
+    assert post_processing.fit_temperature(logits, [0, 1], bounds=(0.2, 5.0)) == 0.2
     # Worse than uniform (every label has the smallest logit): the NLL keeps
     # falling as T -> infinity, and the upper bound is returned.
-    assert metrics.fit_temperature(logits, [1, 0]) == 1e3
-    assert metrics.fit_temperature(logits, [1, 0], bounds=(0.2, 5.0)) == 5.0
+    assert post_processing.fit_temperature(logits, [1, 0]) == 1e3
+    assert post_processing.fit_temperature(logits, [1, 0], bounds=(0.2, 5.0)) == 5.0
     # Constant rows: softmax is uniform whatever T; 1.0 by convention.
-    assert metrics.fit_temperature([[1.0, 1.0], [-2.0, -2.0]], [0, 1]) == 1.0
-    assert metrics.fit_temperature([[3.0], [4.0]], [0, 0]) == 1.0
+    assert post_processing.fit_temperature([[1.0, 1.0], [-2.0, -2.0]], [0, 1]) == 1.0
+    assert post_processing.fit_temperature([[3.0], [4.0]], [0, 0]) == 1.0
 
 
 def test_fit_temperature_from_probabilities(known_temperature_split):
     logits, labels, _ = known_temperature_split
     logits, labels = logits[:2000], labels[:2000]
     # log softmax(z) = z - logsumexp(z): a constant per row, the same NLL.
-    from_logits = metrics.fit_temperature(logits, labels)
-    from_probabilities = metrics.fit_temperature_from_probabilities(
+    from_logits = post_processing.fit_temperature(logits, labels)
+    from_probabilities = post_processing.fit_temperature_from_probabilities(
         _softmax(logits), labels)
     assert from_probabilities == pytest.approx(from_logits, rel=1e-7)
     np.testing.assert_allclose(
-        metrics.apply_temperature_to_probabilities(_softmax(logits),
-                                                   from_probabilities),
-        metrics.apply_temperature(logits, from_logits), rtol=1e-6, atol=1e-12)
+        post_processing.apply_temperature_to_probabilities(_softmax(logits),
+                                                           from_probabilities),
+        post_processing.apply_temperature(logits, from_logits), rtol=1e-6, atol=1e-12)
     # An ensemble's averaged probabilities (zeros floored at tiny): the
     # scaled average has a lower validation NLL than the raw one.
     rng = np.random.default_rng(13)
@@ -605,9 +607,9 @@ def test_fit_temperature_from_probabilities(known_temperature_split):
         logits[None] * 2.0 + rng.normal(scale=0.5, size=(3, 2000, 5)))
     average = members.mean(axis=0)
     average[:10] = np.eye(5)[labels[:10]]  # exact zeros in a few rows
-    temperature = metrics.fit_temperature_from_probabilities(average, labels)
+    temperature = post_processing.fit_temperature_from_probabilities(average, labels)
     assert temperature > 1.0  # the doubled logits made it overconfident
-    scaled = metrics.apply_temperature_to_probabilities(average, temperature)
+    scaled = post_processing.apply_temperature_to_probabilities(average, temperature)
     assert metrics.negative_log_likelihood(scaled, labels) < \
         metrics.negative_log_likelihood(average, labels)
 
@@ -676,8 +678,8 @@ def test_reliability_diagram_without_matplotlib_raises_clear_error(
 
 
 def test_metrics_module_imports_without_matplotlib():
-    # matplotlib is imported lazily: loading metrics.py (on its own, to keep
-    # TensorFlow out of the subprocess) with matplotlib hidden works, and
+    # matplotlib is imported lazily: loading calibration.py (the module of
+    # reliability_diagram, from its file) with matplotlib hidden works, and
     # only reliability_diagram fails.
     script = textwrap.dedent("""
         import importlib.util, sys
@@ -692,7 +694,7 @@ def test_metrics_module_imports_without_matplotlib():
             print(error)
     """)
     result = subprocess.run(
-        [sys.executable, "-c", script, metrics.__file__],
+        [sys.executable, "-c", script, calibration.__file__],
         capture_output=True, text=True, timeout=60, cwd=os.getcwd())
     assert result.returncode == 0, result.stderr
     assert "`pip install matplotlib`" in result.stdout
@@ -706,7 +708,7 @@ def test_reliability_bins_are_the_ece_bins(num_bins):
     probabilities, labels = _diagram_inputs()
     probabilities[0] = np.eye(10)[labels[0]]  # a confidence of exactly 1
     probabilities[1] = 0.1                    # and of 0.1 (an edge if B = 5)
-    counts, correct_sums, confidence_sums = metrics._calibration_bins(
+    counts, correct_sums, confidence_sums = calibration._calibration_bins(
         probabilities, labels, num_bins)
     confidences = probabilities.max(axis=1).tolist()
     predictions = probabilities.argmax(axis=1).tolist()
@@ -752,7 +754,7 @@ GOOD_MEMBERS = HAND_MEMBERS.tolist()
     "function",
     [metrics.predictive_entropy, metrics.ood_scores,
      lambda p: metrics.ood_scores(p, kind="entropy"),
-     lambda p: metrics.apply_temperature_to_probabilities(p, 2.0)],
+     lambda p: post_processing.apply_temperature_to_probabilities(p, 2.0)],
     ids=["predictive_entropy", "ood_scores", "ood_scores_entropy",
          "apply_temperature_to_probabilities"])
 def test_probability_validation_errors(function, probabilities, match):
@@ -838,16 +840,16 @@ def test_ood_score_validation_errors(function, scores, match):
 def test_temperature_must_be_finite_positive(temperature):
     match = r"temperature must be a finite positive real number; got "
     with pytest.raises(ValueError, match=match):
-        metrics.apply_temperature([[0.0, 1.0]], temperature)
+        post_processing.apply_temperature([[0.0, 1.0]], temperature)
     with pytest.raises(ValueError, match=match):
-        metrics.apply_temperature_to_probabilities([[0.5, 0.5]], temperature)
+        post_processing.apply_temperature_to_probabilities([[0.5, 0.5]], temperature)
 
 
 def test_temperature_accepts_ints_and_numpy_scalars():
-    expected = metrics.apply_temperature([[0.0, 1.0]], 2.0)
+    expected = post_processing.apply_temperature([[0.0, 1.0]], 2.0)
     for temperature in (2, np.int64(2), np.float32(2.0)):
         np.testing.assert_allclose(
-            metrics.apply_temperature([[0.0, 1.0]], temperature), expected,
+            post_processing.apply_temperature([[0.0, 1.0]], temperature), expected,
             rtol=1e-15)
 
 
@@ -875,7 +877,7 @@ def test_temperature_accepts_ints_and_numpy_scalars():
 )
 def test_fit_temperature_validation_errors(logits, labels, match):
     with pytest.raises(ValueError, match=match):
-        metrics.fit_temperature(logits, labels)
+        post_processing.fit_temperature(logits, labels)
 
 
 @pytest.mark.parametrize(
@@ -887,7 +889,7 @@ def test_fit_temperature_validation_errors(logits, labels, match):
 )
 def test_apply_temperature_validates_logits(logits, match):
     with pytest.raises(ValueError, match=match):
-        metrics.apply_temperature(logits, 1.0)
+        post_processing.apply_temperature(logits, 1.0)
 
 
 @pytest.mark.parametrize(
@@ -898,10 +900,10 @@ def test_fit_temperature_bounds_must_be_an_increasing_positive_pair(bounds):
     match = (r"bounds must be a pair \(T_min, T_max\) of finite positive real "
              r"numbers with T_min < T_max; got ")
     with pytest.raises(ValueError, match=match):
-        metrics.fit_temperature([[0.0, 1.0]], [1], bounds=bounds)
+        post_processing.fit_temperature([[0.0, 1.0]], [1], bounds=bounds)
     with pytest.raises(ValueError, match=match):
-        metrics.fit_temperature_from_probabilities([[0.5, 0.5]], [1],
-                                                   bounds=bounds)
+        post_processing.fit_temperature_from_probabilities([[0.5, 0.5]], [1],
+                                                           bounds=bounds)
 
 
 @pytest.mark.parametrize(
@@ -919,7 +921,7 @@ def test_fit_temperature_bounds_must_be_an_increasing_positive_pair(bounds):
 def test_probability_and_label_validation_errors(probabilities, labels,
                                                  match, tmp_path):
     with pytest.raises(ValueError, match=match):
-        metrics.fit_temperature_from_probabilities(probabilities, labels)
+        post_processing.fit_temperature_from_probabilities(probabilities, labels)
     with pytest.raises(ValueError, match=match):
         metrics.reliability_diagram(probabilities, labels,
                                     tmp_path / "unused.png")

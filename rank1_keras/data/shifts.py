@@ -45,6 +45,7 @@ import numbers
 import numpy as np
 
 from rank1_keras import validation
+from rank1_keras.data.splits import first_examples
 
 SHIFT_CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast")
 """Corruptions implemented by ``corrupt_images``."""
@@ -113,6 +114,23 @@ def corrupt_images(images, corruption, severity, seed=0):
         means = x.mean(axis=(1, 2), keepdims=True)
         x = (x - means) * c + means
     return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
+def shifted_sets(images, labels, corruptions=None, severities=SHIFT_SEVERITIES, count=0, seed=0):
+    """Every (corruption, severity) of the first `count` images (0: all): {(corruption, severity): (images, labels)}.
+
+    `corruptions`: names from ``SHIFT_CORRUPTIONS`` (None: all of them), all
+    checked before any image is corrupted; `seed` seeds every ``corrupt_images``.
+    """
+    corruptions = SHIFT_CORRUPTIONS if corruptions is None else corruptions
+    for corruption in corruptions:
+        validation.check_choice(corruption, "corruptions", SHIFT_CORRUPTIONS)
+    images, labels = first_examples((images, labels), count)
+    return {
+        (corruption, severity): (corrupt_images(images, corruption, severity, seed=seed), labels)
+        for corruption in corruptions
+        for severity in severities
+    }
 
 
 def _gaussian_kernel(sigma, truncate=GAUSSIAN_TRUNCATE):

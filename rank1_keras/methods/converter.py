@@ -24,7 +24,8 @@ from rank1_keras import validation
 from rank1_keras.layers.dropout import MCDropout
 from rank1_keras.layers.gaussian import GaussianParameters
 from rank1_keras.layers.walk import layers_of
-from rank1_keras.methods.conversions import LayerRole, constructor_arguments, conversion_for, convert_batch_norm
+from rank1_keras.methods.conversions import LayerConversions, constructor_arguments, conversion_for
+from rank1_keras.methods.rebuild import rebuild_with_converted_layers
 from rank1_keras.methods.spec import method_names, method_spec
 from rank1_keras.models.ensemble import (
     OUTPUT_TYPES,
@@ -48,6 +49,108 @@ def methods():
 
 
 # -- the converter ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionOptions:
+    """`convert`'s arguments, checked and resolved once: what every conversion step reads.
+
+    Attributes:
+        method: the method's name (the converted model's name ends with it).
+        spec: the method's `LayerConversions`.
+        ensemble_size: K (for "dropout", `num_samples` when given).
+        layers: the `layers=` argument as given (None: every layer; MC
+            dropout then skips the output layers).
+        chosen: ids of the model's layers chosen for conversion.
+        batch_norm, training_output, dropout_rate, train_size, output_type:
+            as given to `convert`, checked.
+        training_batch: as given, or the method's default.
+        layer_options: the converted layers' constructor options, the
+            method's default KL regularizers (scaled by 1/train_size) added.
+    """
+
+    method: str
+    spec: LayerConversions
+    ensemble_size: int
+    layers: object
+    chosen: frozenset
+    batch_norm: str
+    training_batch: str
+    training_output: str
+    dropout_rate: object
+    train_size: object
+    output_type: object
+    layer_options: dict
+
+
+def conversion_options(
+    model, method, *, ensemble_size, layers, batch_norm, training_batch, training_output, num_samples,
+    dropout_rate, train_size, output_type, layer_options,
+):
+    """`convert`'s arguments checked (in this order, so the first wrong one is named) and resolved."""
+    spec = _conversion_spec(method)
+    ensemble_size = _checked_ensemble_size(method, ensemble_size, num_samples)
+    validation.check_choice(batch_norm, "batch_norm", BATCH_NORM_MODES)
+    training_batch = training_batch or spec.default_training_batch
+    validation.check_choice(training_batch, "training_batch", TRAINING_BATCHES)
+    validation.check_choice(training_output, "training_output", TRAINING_OUTPUTS)
+    _check_dropout_rate(method, spec, dropout_rate)
+    _check_layer_options(method, spec, layer_options)
+    if train_size is not None:
+        train_size = validation.check_positive_int(train_size, "train_size")
+    chosen = frozenset(_selected(model, layers))
+    target_classes = _target_classes(model, chosen, spec)
+    kl_options = _scaled_kl_options(spec, method, layer_options, train_size, target_classes)
+    return ConversionOptions(
+        method=method,
+        spec=spec,
+        ensemble_size=ensemble_size,
+        layers=layers,
+        chosen=chosen,
+        batch_norm=batch_norm,
+        training_batch=training_batch,
+        training_output=training_output,
+        dropout_rate=dropout_rate,
+        train_size=train_size,
+        output_type=output_type,
+        layer_options={**layer_options, **kl_options},
+    )
+
+
+def _conversion_spec(method):
+    """The method's `LayerConversions`: only methods whose spec has one can convert a model."""
+    if method not in methods():
+        raise ValueError(f"method must be one of {methods()}; got method={method!r}.")
+    return method_spec(method).conversion
+
+
+def _checked_ensemble_size(method, ensemble_size, num_samples):
+    """K: `ensemble_size`, or "dropout"'s alias `num_samples` (errors name the argument given)."""
+    if num_samples is None:
+        return validation.check_positive_int(ensemble_size, "ensemble_size")
+    if method != "dropout":
+        raise ValueError(f"num_samples applies to method='dropout' only; use ensemble_size for {method!r}.")
+    return validation.check_positive_int(num_samples, "num_samples")
+
+
+def _check_dropout_rate(method, spec, dropout_rate):
+    """Refuses `dropout_rate` where the method inserts no MCDropout (it would do nothing)."""
+    if dropout_rate is None:
+        return
+    if not spec.inserts_dropout:
+        raise ValueError(f"dropout_rate applies to method='dropout' only; got method={method!r}.")
+    validation.check_rate(dropout_rate, "dropout_rate")
+
+
+def _check_layer_options(method, spec, options):
+    """Refuses options no converted layer takes: a misspelt one would otherwise be dropped silently."""
+    known = set().union(*(constructor_arguments(c) for c in spec.layer_classes)) if spec.layer_classes else set()
+    known |= set(spec.passes_options)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {unknown} for method={method!r}; layer options are {sorted(known)}."
+        )
 
 
 def _scaled_kl_options(spec, method, options, train_size, target_classes):
@@ -141,33 +244,8 @@ def _target_classes(model, chosen, spec):
     return targets
 
 
-def _layer_roles(functional, converted):
-    """{id(layer): LayerRole} for the layers in `converted` (a set of ids), read off the graph."""
-
-    def producers(tensor, seen):
-        """The converted layers and model inputs that feed `tensor` with no converted layer between."""
-        layer, node_index, _ = tensor._keras_history
-        if isinstance(layer, keras.layers.InputLayer) or id(layer) in converted:
-            return {id(layer)}
-        found = set()
-        for source in layer._inbound_nodes[node_index].input_tensors:
-            if id(source) not in seen:
-                seen.add(id(source))
-                found |= producers(source, seen)
-        return found
-
-    input_ids = {id(tensor._keras_history[0]) for tensor in functional.inputs}
-    heads = set().union(*(producers(tensor, set()) for tensor in functional.outputs))
-    roles = {}
-    for layer in functional.layers:
-        if id(layer) not in converted:
-            continue
-        sources = set().union(*(producers(tensor, set()) for tensor in layer._inbound_nodes[0].input_tensors))
-        roles[id(layer)] = LayerRole(reads_inputs=bool(sources & input_ids), writes_outputs=id(layer) in heads)
-    return roles
-
-
 def _check_model(model):
+    """Refuses models whose layer graph cannot be read: only Sequential and functional ones have one."""
     if not isinstance(model, keras.Model):
         raise ValueError(f"model must be a keras.Model; got {type(model).__name__}.")
     if not isinstance(model, (keras.Sequential, Functional)):
@@ -289,112 +367,63 @@ def convert(
         probabilities = converted.predict(x)        # member average
     """
     _check_model(model)
-    if method not in methods():
-        raise ValueError(f"method must be one of {methods()}; got method={method!r}.")
-    spec = method_spec(method).conversion
-    if num_samples is not None:
-        if method != "dropout":
-            raise ValueError(f"num_samples applies to method='dropout' only; use ensemble_size for {method!r}.")
-        ensemble_size = num_samples
-    ensemble_size = validation.check_positive_int(
-        ensemble_size, "num_samples" if num_samples is not None else "ensemble_size"
+    settings = conversion_options(  # every argument checked and resolved, once
+        model, method, ensemble_size=ensemble_size, layers=layers, batch_norm=batch_norm,
+        training_batch=training_batch, training_output=training_output, num_samples=num_samples,
+        dropout_rate=dropout_rate, train_size=train_size, output_type=output_type, layer_options=options,
     )
-    validation.check_choice(batch_norm, "batch_norm", BATCH_NORM_MODES)
-    training_batch = training_batch or spec.default_training_batch
-    validation.check_choice(training_batch, "training_batch", TRAINING_BATCHES)
-    validation.check_choice(training_output, "training_output", TRAINING_OUTPUTS)
-    if dropout_rate is not None:
-        if not spec.inserts_dropout:
-            raise ValueError(f"dropout_rate applies to method='dropout' only; got method={method!r}.")
-        validation.check_rate(dropout_rate, "dropout_rate")
-    known = set().union(*(constructor_arguments(c) for c in spec.layer_classes)) if spec.layer_classes else set()
-    known |= set(spec.passes_options)
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(
-            f"Unknown option(s) {unknown} for method={method!r}; layer options are {sorted(known)}."
-        )
-    if train_size is not None:
-        train_size = validation.check_positive_int(train_size, "train_size")
-    chosen = _selected(model, layers)
-    target_classes = _target_classes(model, chosen, spec)
-    options = {**options, **_scaled_kl_options(spec, method, options, train_size, target_classes)}
-    functional = model if isinstance(model, Functional) else keras.Model(model.inputs, model.outputs)
-    copies = []  # weight-copy functions, run once the clone is built
-    converted_layers = []  # the layers the conversions created, for spec.finalize
-    roles = {}
-    if spec.uses_layer_roles:
-        roles = _layer_roles(functional, {id(layer) for layer in functional.layers
-                                          if id(layer) in chosen and conversion_for(layer, spec) is not None})
+    functional = _as_functional(model)
+    # The rebuild refuses a nested model when it reaches it (conversion errors of the layers before
+    # it come first), and output types are read once the rebuild is done: errors keep that order.
+    core = rebuild_with_converted_layers(functional, settings)
+    output_types = _output_types(functional, settings.output_type)
+    return _ensemble_model(model.name, functional, core, output_types, settings)
 
-    def clone_layer(layer):
-        conversion = conversion_for(layer, spec) if id(layer) in chosen else None
-        if (
-            conversion is None
-            and id(layer) in chosen
-            and spec.converts_batch_norm
-            and batch_norm == "per_member"
-            and isinstance(layer, keras.layers.BatchNormalization)
-        ):
-            conversion = convert_batch_norm
-        if conversion is not None:
-            role = {"role": roles[id(layer)]} if spec.uses_layer_roles and id(layer) in roles else {}
-            new_layer, copy = conversion(layer, ensemble_size, options, **role)
-            copies.append(copy)
-            converted_layers.append(new_layer)
-            return new_layer
-        if isinstance(layer, keras.Model):
-            raise ValueError(
-                f"model contains the nested model '{layer.name}'; flatten it (call its layers "
-                "directly) before converting."
-            )
-        new_layer = layer.__class__.from_config(layer.get_config())
-        if spec.freezes_unconverted:
-            new_layer.trainable = False
-        if spec.copies_weights and getattr(layer, "weights", None):  # graph operations (e.g. NotEqual) have none
-            copies.append(lambda: new_layer.set_weights(layer.get_weights()))
-        return new_layer
 
-    # MC dropout goes after the chosen Dense/Conv layers (by default all but the outputs).
-    inserted_after = set()
-    if dropout_rate:
-        inserted_after = {layer.name for layer in model.layers if id(layer) in chosen}
-        if layers is None:
-            inserted_after -= {tensor._keras_history[0].name for tensor in functional.outputs}
+def _as_functional(model):
+    """`model`'s graph as a functional model (a Sequential's layers, shared), which clone_model walks."""
+    return model if isinstance(model, Functional) else keras.Model(model.inputs, model.outputs)
 
-    def call_layer(layer, *args, **kwargs):
-        outputs = layer(*args, **kwargs)
-        is_kernel_layer = isinstance(layer, (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D))
-        if is_kernel_layer and layer.name in inserted_after:  # the clone keeps the original's name
-            outputs = MCDropout(dropout_rate, name=f"{layer.name}_mc_dropout")(outputs)
-        return outputs
 
-    core = keras.models.clone_model(
-        functional, clone_function=clone_layer, call_function=call_layer if dropout_rate else None
-    )
-    for copy in copies:
-        copy()
-    if spec.finalize is not None:
-        spec.finalize(converted_layers, options)
+def _ensemble_model(name, functional, core, output_types, settings):
+    """The converted model: plain inputs tiled K times, the members' chains, their outputs averaged.
 
-    output_types = _output_types(functional, output_type)
+    Named `{name}_{method}`; the chains are its `{name}_members` layer, which
+    `conversion_summary` finds by that suffix.
+    """
     inputs = _fresh_inputs(functional)
-    tiled = [TileEnsemble(ensemble_size, training_batch, name=f"tile_{i}")(x) for i, x in enumerate(inputs)]
-    core_model = MemberChains(core.inputs, core.outputs, name=f"{model.name}{_CORE_SUFFIX}")
-    member_outputs_ = core_model(tiled if len(tiled) > 1 else tiled[0])
-    member_outputs_ = member_outputs_ if isinstance(member_outputs_, (list, tuple)) else [member_outputs_]
-    # Split training rows are each one member's prediction of one example: averaging K of them
-    # would mix different examples, so in training they pass unchanged.
-    in_training = training_output if training_batch == "tile" else "members"
-    outputs = [
-        AverageMembers(ensemble_size, in_training, output_types[i], name=f"average_{i}")(y)
-        for i, y in enumerate(member_outputs_)
+    tiled = [
+        TileEnsemble(settings.ensemble_size, settings.training_batch, name=f"tile_{i}")(x)
+        for i, x in enumerate(inputs)
     ]
-    return keras.Model(
-        inputs if len(inputs) > 1 else inputs[0],
-        outputs if len(outputs) > 1 else outputs[0],
-        name=f"{model.name}_{method}",
-    )
+    chains = MemberChains(core.inputs, core.outputs, name=f"{name}{_CORE_SUFFIX}")
+    member_rows = _as_list(chains(_one_or_list(tiled)))
+    outputs = _averaged_outputs(member_rows, output_types, settings)
+    return keras.Model(_one_or_list(inputs), _one_or_list(outputs), name=f"{name}_{settings.method}")
+
+
+def _averaged_outputs(member_rows, output_types, settings):
+    """One `AverageMembers` per output: the ensemble's answer at inference.
+
+    Split training rows are each one member's prediction of one example:
+    averaging K of them would mix different examples, so in training they
+    pass unchanged.
+    """
+    in_training = settings.training_output if settings.training_batch == "tile" else "members"
+    return [
+        AverageMembers(settings.ensemble_size, in_training, output_types[i], name=f"average_{i}")(y)
+        for i, y in enumerate(member_rows)
+    ]
+
+
+def _as_list(outputs):
+    """A model's outputs as a list (Keras returns a lone tensor for a single output)."""
+    return outputs if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def _one_or_list(tensors):
+    """A single tensor as itself (Keras then gives plain, not list, inputs and outputs)."""
+    return tensors if len(tensors) > 1 else tensors[0]
 
 
 def _fresh_inputs(functional):
@@ -439,7 +468,7 @@ def join_ensemble(models, training_output="members", name="deep_ensemble", outpu
             )
     validation.check_choice(training_output, "training_output", TRAINING_OUTPUTS)
     ensemble_size = len(models)
-    functional = models[0] if isinstance(models[0], Functional) else keras.Model(models[0].inputs, models[0].outputs)
+    functional = _as_functional(models[0])
     inputs = _fresh_inputs(functional)
     # The members see the same plain batch; their rows are stacked in block order.
     members = [keras.Model(m.inputs, m.outputs, name=f"member_{k}") for k, m in enumerate(models)]

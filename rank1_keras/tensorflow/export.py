@@ -17,7 +17,7 @@ computed inside the graph (preprocessing, tiling, sampling, averaging):
 | member_probabilities  | (B, M, C)    | every member's (and sample's) probabilities          |
 
 `temperature` (T, default 1: none) is the validation-fitted temperature of
-`rank1_keras.metrics.fit_temperature_from_probabilities`, applied as the
+`rank1_keras.post_processing.fit_temperature_from_probabilities`, applied as the
 evaluation's "(T)" columns apply it: to the averaged probabilities. The
 members' own outputs and their disagreement stay unscaled.
 
@@ -272,7 +272,7 @@ def _entropy(probabilities):
 
 
 # The smallest positive normal float32: log(0) stays finite under the temperature, as in
-# `metrics.apply_temperature_to_probabilities` (which floors at float64's).
+# `post_processing.apply_temperature_to_probabilities` (which floors at float64's).
 _LOG_FLOOR = float(np.finfo(np.float32).tiny)
 
 
@@ -313,7 +313,7 @@ def export_for_serving(model, path, num_samples=1, seed=0, serving_input=None, t
             input shape).
         temperature: positive T the averaged probabilities are scaled by
             (1: unscaled); fit it on held-out data with
-            `metrics.fit_temperature_from_probabilities`.
+            `post_processing.fit_temperature_from_probabilities`.
 
     Returns:
         `path`.

@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from rank1_keras import metrics
+from rank1_keras import metrics, post_processing
 from rank1_keras.convert import member_output_types, member_outputs
 from rank1_keras.models.ensemble import AverageMembers, class_probabilities, swap_member_axes
 from rank1_keras.tensorflow.training.loop import TrainData, epoch_dataset
@@ -145,8 +145,8 @@ def evaluate(model, sets, num_samples=1, batch_size=256, reliability_path=None):
         # so there is no temperature to fit (it would sharpen test predictions without limit).
         result["temperature_skipped"] = "every validation example is classified correctly"
     elif sets.validation is not None:
-        temperature = metrics.fit_temperature_from_probabilities(validation_probabilities, validation_labels)
-        scaled = metrics.apply_temperature_to_probabilities(probabilities, temperature)
+        temperature = post_processing.fit_temperature_from_probabilities(validation_probabilities, validation_labels)
+        scaled = post_processing.apply_temperature_to_probabilities(probabilities, temperature)
         result["temperature"] = float(temperature)
         result["nll_temperature_scaled"] = metrics.negative_log_likelihood(scaled, labels)
         result["ece_temperature_scaled"] = metrics.expected_calibration_error(scaled, labels)
@@ -175,7 +175,7 @@ def evaluate(model, sets, num_samples=1, batch_size=256, reliability_path=None):
             shifts[name].append(shifted[name])
         if temperature is not None:
             # The validation split's temperature, as a user would deploy it: shifted data has no labels to fit one.
-            scaled = metrics.apply_temperature_to_probabilities(shifted_probabilities, temperature)
+            scaled = post_processing.apply_temperature_to_probabilities(shifted_probabilities, temperature)
             shifts["ece_temperature_scaled"].append(metrics.expected_calibration_error(scaled, shifted_labels))
     for name, values in shifts.items():
         if values:

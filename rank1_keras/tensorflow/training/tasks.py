@@ -13,18 +13,26 @@
 | glyph_segmentation  | scikit-learn digits composited on 32x32 canvases, a class per pixel (`rank1_keras.data.glyph_canvases`) | a Fashion-MNIST patch per canvas (pixel level) | noise/blur/contrast x 5 | small_unet |
 
 Sequences get one extra constant-1 channel on real steps, so the LSTM's
-`Masking(0.0)` sees exactly the padding, even where every feature is 0.
+`Masking(0.0)` sees exactly the padding, even where every feature is 0
+(`rank1_keras.data.sequences`).
+
+The NumPy preparation lives in `rank1_keras.data` (`splits`, `sequences`,
+`shifts.shifted_sets`), the tf.data and tfds glue in `task_data`; this module
+defines what a task is and assembles each one.
 """
 
 import dataclasses
 
 import numpy as np
-import tensorflow as tf
 
 from rank1_keras import validation
+from rank1_keras.data.sequences import pad_and_standardise
+from rank1_keras.data.shifts import shifted_sets
+from rank1_keras.data.splits import first_examples, fixed_split, hold_out
 from rank1_keras.tensorflow.export import ServingInput
 from rank1_keras.tensorflow.training.evaluation import EvaluationSets
 from rank1_keras.tensorflow.training.loop import TrainData
+from rank1_keras.tensorflow.training.task_data import arrays_data, cifar_sets, imagenet_sets
 
 ARCHITECTURES = ("small_cnn", "wide_resnet", "resnet50", "lstm", "small_unet")
 
@@ -99,24 +107,6 @@ class Task:
         return self.model_spec["architecture"]
 
 
-def _arrays(features, labels):
-    features = np.asarray(features, np.float32)
-    labels = np.asarray(labels, np.int32)
-    return TrainData(tf.data.Dataset.from_tensor_slices((features, labels)), len(labels))
-
-
-def _first(arrays, count):
-    return tuple(a[:count] for a in arrays) if count else arrays
-
-
-def _hold_out(features, labels, percent):
-    """The last `percent` of the training arrays becomes the validation split."""
-    held = int(round(len(labels) * percent / 100.0))
-    if held == 0:
-        return (features, labels), None
-    return (features[:-held], labels[:-held]), (features[-held:], labels[-held:])
-
-
 def plain_builder(model_spec, options):
     """() -> a fresh plain model for a task's `model_spec` and the `TaskOptions`.
 
@@ -180,17 +170,10 @@ def _sequence_builder(options, input_shape, num_classes):
 
 
 def _shifted_sets(options, images, labels, seed=0):
-    from rank1_keras.data.shifts import SHIFT_CORRUPTIONS, corrupt_images
-
-    corruptions = SHIFT_CORRUPTIONS if options.corruptions is None else options.corruptions
-    for corruption in corruptions:
-        validation.check_choice(corruption, "corruptions", SHIFT_CORRUPTIONS)
-    images, labels = _first((images, labels), options.shift_examples)
-    return {
-        (corruption, severity): _arrays(corrupt_images(images, corruption, severity, seed=seed), labels)
-        for corruption in corruptions
-        for severity in options.corruption_severities
-    }
+    shifted = shifted_sets(
+        images, labels, options.corruptions, options.corruption_severities, options.shift_examples, seed=seed
+    )
+    return {key: arrays_data(*arrays) for key, arrays in shifted.items()}
 
 
 def _image_task(
@@ -202,8 +185,8 @@ def _image_task(
     Segmentation (`background_class` set): labels are per-pixel maps, the
     model is the small U-Net, and the task counts H*W positions per example.
     """
-    train, test = _first(train, options.train_examples), _first(test, options.test_examples)
-    train, held_out = _hold_out(*train, options.validation_percent)
+    train, test = first_examples(train, options.train_examples), first_examples(test, options.test_examples)
+    train, held_out = hold_out(*train, options.validation_percent)
     num_classes = num_classes or int(max(train[1].max(), test[1].max())) + 1
     input_shape = tuple(train[0].shape[1:])
     if background_class is None:
@@ -214,11 +197,11 @@ def _image_task(
         name=name,
         num_classes=num_classes,
         input_shape=input_shape,
-        train=_arrays(*train),
+        train=arrays_data(*train),
         evaluation=EvaluationSets(
-            test=_arrays(*test),
-            validation=_arrays(*held_out) if held_out else None,
-            ood={key: _arrays(*arrays) for key, arrays in ood.items()} if options.ood else {},
+            test=arrays_data(*test),
+            validation=arrays_data(*held_out) if held_out else None,
+            ood={key: arrays_data(*arrays) for key, arrays in ood.items()} if options.ood else {},
             shifted=_shifted_sets(options, *test),
             background_class=background_class,
         ),
@@ -248,10 +231,9 @@ def digits_task(options):
     from rank1_keras.data.digits import DIGITS_MAX_VALUE, resize_bilinear
 
     images, labels = load_digits()
-    order = np.random.default_rng(0).permutation(len(labels))  # a fixed split, the same for every run
-    cut = int(0.8 * len(labels))
-    train = (images[order[:cut]], labels[order[:cut]])
-    test = (images[order[cut:]], labels[order[cut:]])
+    train_indices, test_indices = fixed_split(len(labels))  # a fixed split, the same for every run
+    train = (images[train_indices], labels[train_indices])
+    test = (images[test_indices], labels[test_indices])
     ood = {}
     if options.ood:
         fashion, _ = load_fashion_mnist(None, "test")
@@ -275,9 +257,7 @@ def glyph_segmentation_task(options):
     from rank1_keras.data.glyph_canvases import make_canvases, make_ood_canvases
 
     glyphs, digits = load_digits()
-    order = np.random.default_rng(0).permutation(len(digits))  # the digits task's split
-    cut = int(0.8 * len(digits))
-    train_glyphs, test_glyphs = order[:cut], order[cut:]
+    train_glyphs, test_glyphs = fixed_split(len(digits))  # the digits task's split
     train = make_canvases(glyphs[train_glyphs], digits[train_glyphs], 3000, seed=1)
     test = make_canvases(glyphs[test_glyphs], digits[test_glyphs], 600, seed=2)
     ood = {}
@@ -297,35 +277,6 @@ def glyph_segmentation_task(options):
 # -- sequences ----------------------------------------------------------------
 
 
-def _with_observed_channel(sequences, lengths, length):
-    """Pads to `length` steps and appends a channel that is 1 on real steps, 0 on padding."""
-    count, steps, channels = sequences.shape
-    padded = np.zeros((count, length, channels + 1), np.float32)
-    padded[:, :steps, :channels] = np.nan_to_num(sequences)
-    for index, real in enumerate(lengths):
-        padded[index, :real, channels] = 1.0
-        padded[index, real:, :channels] = 0.0
-    return padded
-
-
-def _standardise(train, others):
-    """Per-channel z-scores with the training set's statistics over real steps.
-
-    Returns the standardised arrays and the (mean, std) used.
-    """
-    channels = train.shape[-1] - 1
-    mask = train[..., channels] > 0
-    values = train[mask][:, :channels]
-    mean, std = values.mean(axis=0), values.std(axis=0) + 1e-6
-    result = []
-    for array in (train, *others):
-        array = array.copy()
-        real = array[..., channels] > 0
-        array[..., :channels] = np.where(real[..., None], (array[..., :channels] - mean) / std, 0.0)
-        result.append(array)
-    return result, (mean, std)
-
-
 def _sequence_serving_input(statistics):
     mean, std = statistics
     return ServingInput.sequences(mean=tuple(mean.tolist()), stddev=tuple(std.tolist()))
@@ -340,26 +291,22 @@ def _ucr(name, split):
 
 def _sequence_task(name, options, train, test, ood, notes):
     """`train`, `test`: (sequences, lengths, labels); `ood`: {name: (sequences, lengths)}."""
-    length = max(arrays[0].shape[1] for arrays in [train, test, *ood.values()])
-    train_x = _with_observed_channel(train[0], train[1], length)
-    test_x = _with_observed_channel(test[0], test[1], length)
-    ood_x = {key: _with_observed_channel(value[0], value[1], length) for key, value in ood.items()}
-    (train_x, test_x, *ood_values), statistics = _standardise(train_x, [test_x, *ood_x.values()])
-    ood_x = dict(zip(ood_x, ood_values))
-    train_arrays = _first((train_x, train[2]), options.train_examples)
-    test_arrays = _first((test_x, test[2]), options.test_examples)
-    train_arrays, held_out = _hold_out(*train_arrays, options.validation_percent)
+    (train_x, test_x, *ood_values), statistics = pad_and_standardise(train[:2], [test[:2], *ood.values()])
+    ood_x = dict(zip(ood, ood_values))
+    train_arrays = first_examples((train_x, train[2]), options.train_examples)
+    test_arrays = first_examples((test_x, test[2]), options.test_examples)
+    train_arrays, held_out = hold_out(*train_arrays, options.validation_percent)
     num_classes = int(max(train_arrays[1].max(), test_arrays[1].max())) + 1
     builder, spec = _sequence_builder(options, train_x.shape[1:], num_classes)
     return Task(
         name=name,
         num_classes=num_classes,
         input_shape=tuple(train_x.shape[1:]),
-        train=_arrays(*train_arrays),
+        train=arrays_data(*train_arrays),
         evaluation=EvaluationSets(
-            test=_arrays(*test_arrays),
-            validation=_arrays(*held_out) if held_out else None,
-            ood={key: _arrays(value, np.zeros(len(value))) for key, value in ood_x.items()} if options.ood else {},
+            test=arrays_data(*test_arrays),
+            validation=arrays_data(*held_out) if held_out else None,
+            ood={key: arrays_data(value, np.zeros(len(value))) for key, value in ood_x.items()} if options.ood else {},
         ),
         build_plain=builder,
         model_spec=spec,
@@ -397,49 +344,11 @@ def _binary_pair_task(name, dataset, ood_name, ood_dataset):
 # -- tfds and local data --------------------------------------------------------
 
 
-def _tfds_data(name, split, data_dir, preprocess, limit=0):
-    from rank1_keras.tensorflow import tfds_images
-
-    dataset = tfds_images.load_tfds_split(name, split, data_dir)
-    try:
-        count = tfds_images.num_examples(name, split, data_dir)
-    except tfds_images.DataNotFoundError:
-        # The data loaded but tfds has no split sizes (tfds.testing.mock_data):
-        # the data set's own cardinality is the count.
-        count = int(dataset.cardinality())
-        if count < 0:
-            raise
-    if limit:
-        dataset, count = dataset.take(limit), min(count, limit)
-    return TrainData(dataset, count, preprocess)
-
-
 def _cifar_task(name):
     def load(options):
         from rank1_keras.tensorflow import tfds_images
 
-        preprocess = tfds_images.preprocess_cifar
-        held = options.validation_percent
-        train_split = f"train[:{100 - held:g}%]" if held else "train"
-        # The requested set first, so a missing data_dir names it (not the OOD set).
-        train = _tfds_data(name, train_split, options.data_dir, preprocess, options.train_examples)
-        test = _tfds_data(name, "test", options.data_dir, preprocess, options.test_examples)
-        validation_set = (
-            _tfds_data(name, f"train[{100 - held:g}%:]", options.data_dir, preprocess) if held else None
-        )
-        ood = {}
-        if options.ood:
-            other = "cifar100" if name == "cifar10" else "cifar10"
-            ood[other] = _tfds_data(other, "test", options.data_dir, preprocess, options.test_examples)
-        shifted = {}
-        if name == "cifar10":
-            corruptions = tfds_images.CIFAR10_CORRUPTIONS if options.corruptions is None else options.corruptions
-            for corruption in corruptions:
-                for severity in options.corruption_severities:
-                    config = tfds_images.cifar10_corrupted_name(corruption, severity)
-                    shifted[(corruption, severity)] = _tfds_data(
-                        config, "test", options.data_dir, preprocess, options.test_examples
-                    )
+        train, test, validation_set, ood, shifted = cifar_sets(name, options)
         num_classes = tfds_images.num_classes(name)
         builder, spec = _image_builder(options, (32, 32, 3), num_classes, default="wide_resnet")
         return Task(
@@ -467,28 +376,15 @@ def _cifar_task(name):
 def imagenet_task(options):
     from rank1_keras.tensorflow import tfds_images
 
-    image_size = options.image_size
-
-    def preprocess(image, label, seed, training):
-        return tfds_images.preprocess_imagenet(image, label, seed, training, image_size=image_size)
-
-    held = options.validation_percent
-    input_shape = (image_size, image_size, 3)
+    input_shape = (options.image_size, options.image_size, 3)
     builder, spec = _image_builder(options, input_shape, 1000, default="resnet50")
+    train, test, validation_set = imagenet_sets(options)
     return Task(
         name="imagenet2012",
         num_classes=1000,
         input_shape=input_shape,
-        train=_tfds_data(
-            "imagenet2012", f"train[:{100 - held:g}%]" if held else "train", options.data_dir, preprocess,
-            options.train_examples,
-        ),
-        evaluation=EvaluationSets(
-            test=_tfds_data("imagenet2012", "validation", options.data_dir, preprocess, options.test_examples),
-            validation=(
-                _tfds_data("imagenet2012", f"train[{100 - held:g}%:]", options.data_dir, preprocess) if held else None
-            ),
-        ),
+        train=train,
+        evaluation=EvaluationSets(test=test, validation=validation_set),
         build_plain=builder,
         model_spec=spec,
         serving_input=ServingInput.images(
@@ -509,22 +405,20 @@ def mimic_task(options):
     for split in ("train", "validation", "test"):
         loaded = load_mimic(options.data_dir, split)
         splits[split] = (loaded["features"], loaded["lengths"], loaded["labels"])
-    length = max(arrays[0].shape[1] for arrays in splits.values())
-    with_channel = {
-        split: (_with_observed_channel(x, lengths, length), labels) for split, (x, lengths, labels) in splits.items()
-    }
-    (train_x, validation_x, test_x), statistics = _standardise(
-        with_channel["train"][0], [with_channel["validation"][0], with_channel["test"][0]]
+    (train_x, validation_x, test_x), statistics = pad_and_standardise(
+        splits["train"][:2], [splits["validation"][:2], splits["test"][:2]]
     )
-    train = _first((train_x, with_channel["train"][1]), options.train_examples)
-    test = _first((test_x, with_channel["test"][1]), options.test_examples)
+    train = first_examples((train_x, splits["train"][2]), options.train_examples)
+    test = first_examples((test_x, splits["test"][2]), options.test_examples)
     builder, spec = _sequence_builder(options, train_x.shape[1:], 2)
     return Task(
         name="mimic",
         num_classes=2,
         input_shape=tuple(train_x.shape[1:]),
-        train=_arrays(*train),
-        evaluation=EvaluationSets(test=_arrays(*test), validation=_arrays(validation_x, with_channel["validation"][1])),
+        train=arrays_data(*train),
+        evaluation=EvaluationSets(
+            test=arrays_data(*test), validation=arrays_data(validation_x, splits["validation"][2])
+        ),
         build_plain=builder,
         model_spec=spec,
         serving_input=_sequence_serving_input(statistics),
