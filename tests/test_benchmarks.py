@@ -245,7 +245,7 @@ def test_serving_verdicts_name_every_batch_where_an_ensemble_is_slower():
     assert len(lines) == len(serving.SINGLE_PASS)
     assert "slower than the joined deep ensemble at B = 8 (2.50× vs 2.00×)" in lines[0]
     assert "B = 32" not in lines[0] and "B = 1 (" not in lines[0]
-    assert "B = 1 at 1.20× one network (✓ ≤ 1.3×)" in lines[0]
+    assert "B = 1 at 1.20× one network (✓ ≤ 1.3×)" in lines[0] and "K rows" not in lines[0]
     assert "training step 3.90× vs the deep ensemble's 3.80× (✗)" in lines[0]
 
     met = serving._verdicts(_serving_result((1.3, 1.9, 3.0), (1.9, 2.0, 3.5), 3.7, 3.8)).splitlines()[0]
@@ -253,6 +253,13 @@ def test_serving_verdicts_name_every_batch_where_an_ensemble_is_slower():
     assert "(✓ ≤ 1.3×)" in met and met.endswith("(✓).")
     missed = serving._verdicts(_serving_result((1.31, 1.9, 3.0), (1.9, 2.0, 3.5), 3.7, 3.8)).splitlines()[0]
     assert "(✗ ≤ 1.3×)" in missed
+    # With the floor measured, the B = 1 verdict says what K networks' FLOPs cost on one network's ops.
+    result = _serving_result((1.31, 1.9, 3.0), (1.9, 2.0, 3.5), 3.7, 3.8)
+    for batch, floor in zip(("1", "8", "32"), (1.45, 2.5, 3.1)):
+        result["inference"][batch][serving.FLOOR] = {"ratio": floor, "median_ms": 1.0}
+    assert "B = 1 at 1.31× one network (✗ ≤ 1.3×), where one network on K rows takes 1.45×" in serving._verdicts(result)
+    table = serving.render([dict(result, backend="jax", device="CPU only", keras="3", training_batch=32)], 4)
+    assert f"| {serving.FLOOR} | **1.45×** (1.00 ms) | " in table
 
 
 def test_serving_ratios_are_paired_per_round():
