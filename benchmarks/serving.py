@@ -41,11 +41,16 @@ MODELS = (
     "BatchEnsemble",
     "rank-1 (posterior mean)",
     "BatchEnsemble, tiled only",
+    "BatchEnsemble, folded",
+    "rank-1 (posterior mean), folded",
 )
 # The single-pass ensembles whose targets are checked; "tiled only" keeps the
 # tiled form at every batch size (`MemberChains.chains_from_batch = None`),
 # the form every batch ran before member chains, for comparison in one run.
-SINGLE_PASS = MODELS[2:]
+SINGLE_PASS = MODELS[2:5]
+# The same two ensembles as served (`fold_members`, what `export_for_serving`
+# exports): K plain networks with the members' folded kernels. Inference only.
+FOLDED = MODELS[5:]
 # One network on the K*B rows a tiled ensemble computes: the cost of K
 # networks' FLOPs with one network's op count, a floor that no single-pass
 # form doing K networks' work beats by much (where this row is above 1.3 at
@@ -106,6 +111,8 @@ def build_models(ensemble_size, seed=0):
     tiled = models["BatchEnsemble, tiled only"]
     tiled.set_weights(models["BatchEnsemble"].get_weights())
     tiled.get_layer(f"{network.name}_members").chains_from_batch = None
+    models["BatchEnsemble, folded"] = r1.fold_members(models["BatchEnsemble"])
+    models["rank-1 (posterior mean), folded"] = r1.fold_members(models["rank-1 (posterior mean)"])
     return models, members
 
 
@@ -131,6 +138,9 @@ def training_steps(models, members, ensemble_size, batch):
     steps["deep ensemble (joined)"] = lambda: [step() for step in member_steps]
     for name in SINGLE_PASS:
         steps[name] = _step(models[name], ensemble_size, x, y)
+    # The floor: one network's step on the K*B rows a tiled step computes.
+    tiled_x, tiled_y = np.tile(x, (ensemble_size, 1, 1, 1)), np.tile(y, ensemble_size)
+    steps[FLOOR] = lambda: models["one network"].train_on_batch(tiled_x, tiled_y)
     return steps
 
 
@@ -246,8 +256,10 @@ def render(results, ensemble_size):
         "networks one after the other). **ratio** = median over interleaved rounds of (time / one network's "
         "time in the same round); ms = median time. Targets: every single-pass ensemble no slower than "
         "the joined deep ensemble at every B, within 1.3× one network at B = 1, and a tiled training step "
-        f"no slower than the deep ensemble's K steps. The last row, {FLOOR}, is one network "
-        "predicting the K*B rows a tiled ensemble computes: K networks' FLOPs at one network's op count."
+        f"no slower than the deep ensemble's K steps. The folded rows are the same ensembles served as K plain "
+        "networks with their members' folded kernels (`rank1_keras.fold_members`; what `export_for_serving` "
+        f"serves from 8 examples per request). The last row, {FLOOR}, is one network "
+        "predicting (and training on) the K*B rows a tiled ensemble computes: K networks' FLOPs at one network's op count."
     ]
     for result in results:
         heading, measured = backend_heading(result)
@@ -277,6 +289,9 @@ def _verdicts(result):
     lines = []
     joined = "deep ensemble (joined)"
     floor = result["inference"].get("1", {}).get(FLOOR, {}).get("ratio")
+    for name in FOLDED:
+        if name in result["inference"][next(iter(result["inference"]))]:  # (results written before the folded rows lack them)
+            lines.append(_folded_verdict(result, name))
     for name in SINGLE_PASS:
         slower = [
             f"B = {batch} ({result['inference'][batch][name]['ratio']:.2f}× vs {result['inference'][batch][joined]['ratio']:.2f}×)"
@@ -285,14 +300,30 @@ def _verdicts(result):
         ]
         one = result["inference"].get("1", {}).get(name, {}).get("ratio")
         train, train_joined = result["training"][name]["ratio"], result["training"][joined]["ratio"]
+        train_floor = result["training"].get(FLOOR, {}).get("ratio")
         lines.append(
             f"- {name}: "
             + (f"slower than the joined deep ensemble at {', '.join(slower)}" if slower else "no slower than the joined deep ensemble at any B")
             + (f"; B = 1 at {one:.2f}× one network ({'✓' if one <= 1.3 else '✗'} ≤ 1.3×)" if one is not None else "")
             + (f", where one network on K rows takes {floor:.2f}×" if one is not None and floor is not None else "")
-            + f"; training step {train:.2f}× vs the deep ensemble's {train_joined:.2f}× ({'✓' if train <= train_joined else '✗'})."
+            + f"; training step {train:.2f}× vs the deep ensemble's {train_joined:.2f}× ({'✓' if train <= train_joined else '✗'})"
+            + (f", where one network's step on K·B rows takes {train_floor:.2f}×" if train_floor is not None else "")
+            + "."
         )
     return "\n".join(lines)
+
+
+def _folded_verdict(result, name):
+    """A folded ensemble's time over the joined deep ensemble's, per B: the same graph of K plain networks."""
+    joined = "deep ensemble (joined)"
+    relative = [
+        f"{result['inference'][batch][name]['ratio'] / result['inference'][batch][joined]['ratio']:.2f}× at B = {batch}"
+        for batch in result["inference"]
+    ]
+    return (
+        f"- {name}: {', '.join(relative)} the joined deep ensemble's time; both run K plain networks "
+        "(the same operations), so what differs is timing noise."
+    )
 
 
 def run(quick=False, output_dir=None, backends=BACKENDS, ensemble_size=ENSEMBLE_SIZE, batches=BATCHES, rounds=None, warmup=None):

@@ -8,7 +8,7 @@ from rank1_keras import callbacks, layers, losses
 from rank1_keras.models import ensemble
 from rank1_keras.probability import initializers, regularizers
 from rank1_keras.callbacks import KLAnnealing, TerminateOnNonFinite
-from rank1_keras.convert import conversion_summary, convert, join_ensemble, member_outputs, set_mc_dropout
+from rank1_keras.convert import conversion_summary, convert, fold_members, join_ensemble, member_outputs, set_mc_dropout
 from rank1_keras.models.ensemble import AverageMembers, TileEnsemble
 from rank1_keras.losses import AverageNLL, MixtureNLL
 from rank1_keras.probability.random_variable import RandomVariable
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "conversion_summary",
     "convert",
+    "fold_members",
     "join_ensemble",
     "member_outputs",
     "set_mc_dropout",

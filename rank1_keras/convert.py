@@ -18,6 +18,7 @@ from rank1_keras.methods.converter import (
     methods,
     set_mc_dropout,
 )
+from rank1_keras.methods.folding import fold_members
 
 __all__ = [
     "BATCH_NORM_MODES",
@@ -25,6 +26,7 @@ __all__ = [
     "StackMembers",
     "conversion_summary",
     "convert",
+    "fold_members",
     "join_ensemble",
     "member_output_types",
     "member_outputs",

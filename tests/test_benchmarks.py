@@ -271,3 +271,17 @@ def test_serving_ratios_are_paired_per_round():
     assert summary["ensemble"]["ratio"] == 2.0
     assert summary["one network"]["ratio"] == 1.0
     assert summary["ensemble"]["median_ms"] == 2000.0
+
+
+def test_serving_verdicts_give_the_folded_models_time_over_the_joined_ensembles_and_the_training_floor():
+    from benchmarks import serving
+
+    result = _serving_result((1.3, 1.9, 3.0), (2.0, 2.0, 3.5), 3.7, 3.6)
+    for batch, ratio in zip(("1", "8", "32"), (2.1, 1.9, 3.5)):
+        for name in serving.FOLDED:
+            result["inference"][batch][name] = {"ratio": ratio, "median_ms": 1.0}
+    result["training"][serving.FLOOR] = {"ratio": 4.9, "median_ms": 1.0}
+    lines = serving._verdicts(result).splitlines()
+    assert len(lines) == len(serving.FOLDED) + len(serving.SINGLE_PASS)
+    assert lines[0].startswith(f"- {serving.FOLDED[0]}: 1.05× at B = 1, 0.95× at B = 8, 1.00× at B = 32 the joined")
+    assert "training step 3.70× vs the deep ensemble's 3.60× (✗), where one network's step on K·B rows takes 4.90×." in lines[2]

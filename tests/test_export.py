@@ -56,6 +56,28 @@ def test_deterministic_methods_equal_the_keras_model(tmp_path, method, members):
     np.testing.assert_allclose(one["probabilities"], served["probabilities"][:1], atol=1e-6)
 
 
+def test_foldable_ensembles_serve_large_requests_as_folded_networks_with_the_same_answers(tmp_path):
+    from rank1_keras.models.ensemble import MemberChains
+    from rank1_keras.tensorflow.export import FOLDED_FROM_EXAMPLES
+
+    model = _model("batchensemble", ensemble_size=3)
+    chains = next(layer for layer in model.layers if isinstance(layer, MemberChains))
+    chains.chains_from_batch = 5
+    path = export_for_serving(model, str(tmp_path / "batchensemble"), seed=None)
+    assert chains.chains_from_batch == 5, "the export leaves the model's own settings as they were"
+    # The SavedModel carries the tiled pass and the K folded networks, and picks by request size.
+    serving = tf.saved_model.load(path).signatures["serving_default"]
+    operations = {node.op for function in serving.graph.as_graph_def().library.function for node in function.node_def}
+    operations |= {op.type for op in serving.graph.get_operations()}
+    assert operations & {"If", "StatelessIf"}
+    x = np.random.default_rng(1).uniform(size=(FOLDED_FROM_EXAMPLES + 3, 12, 12, 1)).astype("float32")
+    expected = member_outputs(model).predict(x, verbose=0)
+    for rows in (FOLDED_FROM_EXAMPLES - 1, FOLDED_FROM_EXAMPLES, len(x)):
+        served = _serve(path, x[:rows])
+        np.testing.assert_allclose(served["member_probabilities"], expected[:rows], atol=1e-6)
+        np.testing.assert_allclose(served["probabilities"], expected[:rows].mean(1), atol=1e-6)
+
+
 @pytest.mark.slow  # the seed=None mode; the seeded mode runs in the default suite
 def test_rank1_samples_like_the_keras_model_from_the_saved_random_state(tmp_path):
     model = _model("rank1")

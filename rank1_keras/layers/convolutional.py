@@ -102,8 +102,6 @@ class ConvolutionMixin:
 class _ConvRank1(ConvolutionMixin, Rank1Mixin, keras.layers.Layer):
     """N-D convolution with rank-1 factors; see `Conv2DRank1` for the arguments."""
 
-    _has_member_kernel = True
-
     def __init__(
         self,
         rank,
@@ -220,6 +218,8 @@ class Conv1DRank1(_ConvRank1):
     (4, 8, 8)
     """
 
+    plain_layer_class = keras.layers.Conv1D
+
     def __init__(self, filters, kernel_size, **kwargs):
         super().__init__(1, filters, kernel_size, **kwargs)
 
@@ -246,6 +246,8 @@ class Conv2DRank1(_ConvRank1):
     >>> tuple(Conv2DRank1(8, 3, ensemble_size=2, padding="same")(keras.ops.ones((4, 5, 5, 3))).shape)
     (4, 5, 5, 8)
     """
+
+    plain_layer_class = keras.layers.Conv2D
 
     def __init__(self, filters, kernel_size, **kwargs):
         super().__init__(2, filters, kernel_size, **kwargs)

@@ -113,6 +113,16 @@ class LowRankEnsembleMixin:
             trainable=True,
         )
 
+    def folded_member_weights(self, particle):
+        """Particle `particle` as `plain_layer_class` weights, NumPy: [W0 + (scale/r) A_k B_k, b] (no b without a bias)."""
+        product = ops.tensordot(
+            ops.convert_to_tensor(self.input_factor)[particle], ops.convert_to_tensor(self.output_factor)[particle], axes=1
+        )
+        weights = [ops.convert_to_tensor(self.kernel) + self.perturbation_factor * product]
+        if self.use_bias:
+            weights.append(self.bias)
+        return [ops.convert_to_numpy(weight) for weight in weights]
+
     @property
     def perturbation_variables(self):
         """[A, B]: the trainable low-rank factors, each with a leading particle axis."""
@@ -165,6 +175,8 @@ class DenseLowRankEnsemble(LowRankEnsembleMixin, keras.layers.Layer):
     >>> [tuple(v.shape) for v in layer.perturbation_variables]
     [(3, 4, 2), (3, 2, 16)]
     """
+
+    plain_layer_class = keras.layers.Dense
 
     def __init__(
         self,
@@ -322,6 +334,7 @@ class Conv1DLowRankEnsemble(_ConvLowRankEnsemble):
     """
 
     spatial_rank = 1
+    plain_layer_class = keras.layers.Conv1D
 
 
 @keras.saving.register_keras_serializable(package="rank1_keras")
@@ -350,6 +363,7 @@ class Conv2DLowRankEnsemble(_ConvLowRankEnsemble):
     """
 
     spatial_rank = 2
+    plain_layer_class = keras.layers.Conv2D
 
 
 def low_rank_layers(model):

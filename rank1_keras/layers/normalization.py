@@ -103,9 +103,18 @@ class EnsembleBatchNormalization(keras.layers.Layer):
     #: member's), or None: the rows are in block order.
     serving_member = None
 
+    #: The Keras layer one member folds into (`rank1_keras.layers.folding`).
+    plain_layer_class = keras.layers.BatchNormalization
+
     def supports_member_chains(self):
         """Always: at inference member k only needs its own statistics and affine parameters."""
         return True
+
+    def folded_member_weights(self, member):
+        """Member `member` as `keras.layers.BatchNormalization` weights, NumPy, in its order:
+        gamma_k (with `scale`), beta_k (with `center`), moving_mean_k, moving_variance_k."""
+        tables = [self.gamma, self.beta, self.moving_mean, self.moving_variance]
+        return [ops.convert_to_numpy(table)[member] for table in tables if table is not None]
 
     def _row_table(self, rows, table, rank):
         """(K, C) -> one row per input row, (R, C), broadcastable on the rank-`rank` input.

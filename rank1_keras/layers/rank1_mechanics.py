@@ -389,8 +389,9 @@ class Rank1Mixin:
     #: The member whose chain `MemberChains` is running through this layer
     #: (its rows are all that member's), or None: the rows are in block order.
     serving_member = None
-    #: Whether the layer's kernel op takes a folded kernel (`_member_call`).
-    _has_member_kernel = False
+    #: The Keras layer one member folds into (Dense, Conv1D, Conv2D), whose
+    #: kernel op takes a folded kernel (`_member_call`); None: it does not fold.
+    plain_layer_class = None
 
     def supports_member_chains(self):
         """Whether `MemberChains` may run this layer one member at a time at inference.
@@ -399,39 +400,68 @@ class Rank1Mixin:
         inference (point factors, or `inference="mean"`): a chain per member
         then computes exactly what the tiled form computes for that member.
         """
-        return self._has_member_kernel and not self._draws_at_inference()
+        return self.plain_layer_class is not None and not self._draws_at_inference()
 
     def _draws_at_inference(self):
         return self.inference == "sample" and any(f.is_stochastic for f in self._member_factors.values())
 
-    def _fold_member_kernel(self, kernel, alpha, gamma):
-        """Member k's kernel W o r_k s_k^T (additive: W + r_k s_k^T), from its (dim,) factor rows.
+    def folded_member_weights(self, member):
+        """Member `member` as `plain_layer_class` weights, NumPy: [W_k, b_k] (W_k alone without a bias).
 
-        `kernel` is laid out (..., input_dim, output_dim), a Dense kernel or a
-        convolution window; r_k scales the input axis and s_k the output axis.
+        Stochastic factors take their posterior mode, as at inference with
+        `inference="mean"` (`rank1_keras.layers.folding`).
         """
-        r = ops.reshape(alpha, (alpha.shape[-1], 1))
-        if self.use_additive_perturbation:
-            return kernel + r * gamma
-        return kernel * r * gamma
+        kernels, biases = self._folded_member_tables(self.kernel.dtype, add_kl=False)
+        weights = [kernels[member]] + ([biases[member]] if self.use_bias else [])
+        return [ops.convert_to_numpy(weight) for weight in weights]
+
+    #: Set by `MemberChains` to a dict while its K chains run, where the folded tables are kept:
+    #: computed once for the K chains of one call. None otherwise.
+    _chain_cache = None
+
+    def _folded_member_tables(self, dtype, add_kl):
+        """Every member's folded kernel, (K, ..., input_dim, output_dim), and bias table (K, units) or None.
+
+        W_k = W o r_k s_k^T (additive: W + r_k s_k^T) for all K members in one
+        broadcast product, the factors at their posterior mode. r_k scales the
+        kernel's input axis and s_k its output axis (a Dense kernel or a
+        convolution window).
+        """
+        tables = self._draw_member_tables(None, sample=False, add_kl=add_kl)
+        kernel = ops.cast(self.kernel, dtype)
+        alpha, gamma = ops.cast(tables["alpha"], dtype), ops.cast(tables["gamma"], dtype)
+        window = (1,) * (len(kernel.shape) - 2)  # a convolution's window axes
+        r = ops.reshape(alpha, (self.ensemble_size,) + window + (alpha.shape[-1], 1))
+        s = ops.reshape(gamma, (self.ensemble_size,) + window + (1, gamma.shape[-1]))
+        kernels = kernel[None] + r * s if self.use_additive_perturbation else kernel[None] * r * s
+        return kernels, (ops.cast(tables["bias"], dtype) if self.use_bias else None)
 
     def _member_call(self, inputs, kernel_op, channel_axis=-1):
         """Member `serving_member`'s layer on every row: activation(kernel_op(x, W_k) + b_k).
 
-        W_k is folded once per call, and the kernel op, bias and activation
-        are the ones a plain Keras layer runs, which the backends fuse. The
-        KL terms (closed forms at inference) are added by member 0's chain
-        only, so `evaluate` sees them once, as in the tiled form.
+        The K folded kernels are computed once per `MemberChains` call, by
+        member 0's chain, which also adds the KL terms (closed forms at
+        inference) so that `evaluate` sees them once, as in the tiled form.
+        The kernel op, bias and activation are the ones a plain Keras layer
+        runs, which the backends fuse.
         """
         member = self.serving_member
-        tables = self._draw_member_tables(None, sample=False, add_kl=member == 0)
-        dtype = inputs.dtype
-        kernel = self._fold_member_kernel(
-            ops.cast(self.kernel, dtype), ops.cast(tables["alpha"][member], dtype), ops.cast(tables["gamma"][member], dtype)
-        )
-        outputs = kernel_op(inputs, kernel)
+        cache = self._chain_cache
+        if cache is not None and "folded" in cache:
+            kernels, biases = cache["folded"]
+        else:
+            kernels, biases = self._folded_member_tables(inputs.dtype, add_kl=member == 0)
+            # One unstack each, not K slices: under TF's tracing every op costs its launch.
+            kernels, biases = ops.unstack(kernels), (None if biases is None else ops.unstack(biases))
+            if cache is not None:
+                cache["folded"] = (kernels, biases)
+        outputs = kernel_op(inputs, kernels[member])
         if self.use_bias:
-            outputs = self._add_member_bias(outputs, ops.cast(tables["bias"][member : member + 1], dtype), channel_axis)
+            bias = biases[member]
+            rank = len(outputs.shape)
+            if channel_axis % rank != rank - 1:  # channels_first: (units, 1, ...)
+                bias = ops.reshape(bias, (-1,) + (1,) * (rank - 1 - channel_axis % rank))
+            outputs = outputs + bias
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs

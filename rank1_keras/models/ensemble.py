@@ -265,7 +265,7 @@ class MemberAxis(keras.layers.Layer):
         return {**super().get_config(), "ensemble_size": self.ensemble_size}
 
 
-def _member_aware_layers(model):
+def member_aware_layers(model):
     """The layers of `model` that treat rows by member (they have an `ensemble_size`), RNN cells and wrapped layers included."""
     found = []
     for layer in model.layers:
@@ -334,7 +334,7 @@ class MemberChains(keras.Model):
 
     def chain_layers(self):
         """The member-aware layers, when every one of them supports member chains; else None."""
-        layers = _member_aware_layers(self)
+        layers = member_aware_layers(self)
         supported = [getattr(layer, "supports_member_chains", None) for layer in layers]
         if not layers or not all(check is not None and check() for check in supported):
             return None
@@ -350,13 +350,15 @@ class MemberChains(keras.Model):
         layers = None if training or mask is not None else self.chain_layers()
         if layers is None or not self._uses_chains(inputs, layers[0].ensemble_size):
             return super().call(inputs, training=training, mask=mask, **kwargs)
-        from rank1_keras.layers.rank1_mechanics import MemberRows
-
         ensemble_size = layers[0].ensemble_size
         flat = keras.tree.flatten(inputs)
-        blocks = [MemberRows(tensor, ensemble_size).split(tensor) for tensor in flat]
+        # Inference rows are a tiled batch, K equal blocks: one reshape and K slices, where
+        # MemberRows.split would gather each block of a batch size known only when the graph runs.
+        blocks = [ops.unstack(split_members(tensor, ensemble_size)) for tensor in flat]
         chains = []
         try:
+            for layer in layers:
+                layer._chain_cache = {}  # a layer folds its K kernels once, for all K chains
             for member in range(ensemble_size):
                 for layer in layers:
                     layer.serving_member = member
@@ -365,4 +367,5 @@ class MemberChains(keras.Model):
         finally:
             for layer in layers:
                 layer.serving_member = None
+                layer._chain_cache = None
         return keras.tree.map_structure(lambda *parts: ops.concatenate(list(parts), axis=0), *chains)
