@@ -281,7 +281,15 @@ def test_serving_verdicts_give_the_folded_models_time_over_the_joined_ensembles_
         for name in serving.FOLDED:
             result["inference"][batch][name] = {"ratio": ratio, "median_ms": 1.0}
     result["training"][serving.FLOOR] = {"ratio": 4.9, "median_ms": 1.0}
+    result["training"][serving.JOINED_STEP] = {"ratio": 3.65, "median_ms": 1.0}
     lines = serving._verdicts(result).splitlines()
     assert len(lines) == len(serving.FOLDED) + len(serving.SINGLE_PASS)
     assert lines[0].startswith(f"- {serving.FOLDED[0]}: 1.05× at B = 1, 0.95× at B = 8, 1.00× at B = 32 the joined")
-    assert "training step 3.70× vs the deep ensemble's 3.60× (✗), where one network's step on K·B rows takes 4.90×." in lines[2]
+    assert (
+        "training step 3.70× vs the deep ensemble's 3.60× (✗), where its K networks in one step take 3.65× "
+        "and one network's step on K·B rows 4.90×." in lines[2]
+    )
+    # The table: the one-step row has a training cell only.
+    table = serving.render([dict(result, backend="jax", device="CPU", keras="3", training_batch=32)], 4)
+    row = next(line for line in table.splitlines() if line.startswith(f"| {serving.JOINED_STEP} |"))
+    assert row == f"| {serving.JOINED_STEP} |  |  |  | **3.65×** (1.0 ms) |"

@@ -146,3 +146,53 @@ def test_saved_model_keeps_member_chains(tmp_path):
     loaded = keras.saving.load_model(path)
     assert isinstance(core_of(loaded), MemberChains)
     np.testing.assert_allclose(numpy(loaded.predict(x, verbose=0)), expected, rtol=1e-5, atol=1e-6)
+
+
+TRAINING_CASES = {
+    "batchensemble": dict(method="batchensemble"),
+    "batchensemble_split": dict(method="batchensemble", training_batch="split"),
+    "rank1_sampled": dict(method="rank1", train_size=100),  # factors drawn in every training step
+    "lpbnn": dict(method="lpbnn"),
+}
+
+
+def trained_weights(case, chains_in_training, batch):
+    """(weights before, weights after, losses) of two SGD epochs of a user's `fit`, with chains in
+    training or the tiled form."""
+    keras.utils.set_random_seed(0)
+    options = dict(TRAINING_CASES[case])
+    method = options.pop("method")
+    converted = r1.convert(user_model(), method, ensemble_size=K, **options)
+    core = core_of(converted)
+    assert core.chain_layers(training=True) is not None
+    core.chains_in_training = chains_in_training
+    rng = np.random.RandomState(5)
+    x = rng.standard_normal((batch, 8, 8, 2)).astype("float32")
+    y = rng.randint(0, 3, size=batch)
+    loss = "sparse_categorical_crossentropy" if options.get("training_batch") == "split" else r1.AverageNLL(K)
+    converted.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
+    before = [numpy(v) for v in converted.weights]
+    history = converted.fit(x, y, batch_size=batch, epochs=2, shuffle=False, verbose=0)
+    return before, [numpy(v) for v in converted.weights], history.history["loss"]
+
+
+@pytest.mark.parametrize("case", sorted(TRAINING_CASES))
+def test_chains_in_training_take_the_tiled_forms_steps(case):
+    """Same draws, batch statistics per member, KL and VAE terms once: the same losses and weights."""
+    batch = 7 if case.endswith("split") else BATCH  # a split batch of 7 rows: member blocks of 3, 2 and 2
+    before, tiled_weights, tiled_losses = trained_weights(case, False, batch)
+    _, chained_weights, chained_losses = trained_weights(case, True, batch)
+    np.testing.assert_allclose(chained_losses, tiled_losses, rtol=1e-5)
+    for chained, tiled in zip(chained_weights, tiled_weights):
+        np.testing.assert_allclose(chained, tiled, rtol=1e-4, atol=1e-5)
+    # The steps moved the weights (the equality above is not of untouched values).
+    assert max(np.abs(after - start).max() for after, start in zip(tiled_weights, before)) > 1e-3
+
+
+def test_training_chains_need_a_row_per_member():
+    converted = converted_model("batchensemble")
+    core = core_of(converted)
+    assert core._uses_chains(keras.ops.zeros((K, 8, 8, 2)), K, training=True)
+    assert not core._uses_chains(keras.ops.zeros((K - 1, 8, 8, 2)), K, training=True)
+    core.chains_in_training = False
+    assert not core._uses_chains(keras.ops.zeros((K * 10, 8, 8, 2)), K, training=True)

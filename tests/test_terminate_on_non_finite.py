@@ -64,7 +64,10 @@ def test_bad_input_stops_fit_and_restores_the_state_after_the_last_good_batch(ba
         model.fit(x_bad, y, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[r1.TerminateOnNonFinite()])
     message = str(error.value)
     assert "epoch 1, batch 4:" in message
-    assert "training loss became nan" in message
+    # Which check fires depends on the CPU: a fused matmul + bias + relu (TensorFlow's oneDNN
+    # kernels, which the member chains' plain layers get) may turn a NaN into 0 in the forward
+    # pass (a finite loss, NaN gradients), where an unfused relu passes it on (a NaN loss).
+    assert "training loss became nan" in message or "a weight update became non-finite" in message
     assert "numpy.isfinite(x).all()" in message
     assert_all_finite(model)
     # Exactly the state after the first 3 batches: a twin trained on those alone.

@@ -173,8 +173,8 @@ class _ConvRank1(ConvolutionMixin, Rank1Mixin, keras.layers.Layer):
         return self._convolve(inputs, ops.ones(self.kernel_size + (1, 1), dtype=inputs.dtype))
 
     def call(self, inputs, training=False):
-        if self.serving_member is not None and not training:
-            return self._member_call(inputs, self._kernel_op, self._channel_axis)
+        if self.serving_member is not None:
+            return self._member_call(inputs, self._kernel_op, self._channel_axis, training=training)
         factors = self._draw_factors(self._member_rows(inputs), self._samples_factors(training))
         outputs = self._apply_rank1(
             inputs,

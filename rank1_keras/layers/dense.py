@@ -115,8 +115,8 @@ class DenseRank1(Rank1Mixin, keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
 
     def call(self, inputs, training=False):
-        if self.serving_member is not None and not training:
-            return self._member_call(inputs, self._kernel_op)
+        if self.serving_member is not None:
+            return self._member_call(inputs, self._kernel_op, training=training)
         factors = self._draw_factors(self._member_rows(inputs), self._samples_factors(training))
         outputs = self._apply_rank1(inputs, factors["alpha"], factors["gamma"], kernel_op=self._kernel_op)
         if self.use_bias:

@@ -106,8 +106,8 @@ class EnsembleBatchNormalization(keras.layers.Layer):
     #: The Keras layer one member folds into (`rank1_keras.layers.folding`).
     plain_layer_class = keras.layers.BatchNormalization
 
-    def supports_member_chains(self):
-        """Always: at inference member k only needs its own statistics and affine parameters."""
+    def supports_member_chains(self, training=False):
+        """Always: member k only needs its own rows, statistics and affine parameters."""
         return True
 
     def folded_member_weights(self, member):
@@ -127,6 +127,19 @@ class EnsembleBatchNormalization(keras.layers.Layer):
             shape[0] = 1
             return ops.reshape(table[self.serving_member], shape)
         return ops.reshape(rows.expand(table), shape)
+
+    def _chain_moments(self, inputs):
+        """Mean and variance of a member chain's rows (all the serving member's), as (1, C) tables,
+        and whether the chain has rows. Zero rows give 0 and 0 (nothing to normalise, no NaN)."""
+        rank = len(inputs.shape)
+        axes = [a for a in range(rank) if a != self._channel_axis]
+        shape = ops.shape(inputs)
+        count = ops.cast(functools.reduce(operator.mul, [shape[a] for a in axes], 1), inputs.dtype)
+        mean = ops.sum(inputs, axis=axes) / ops.maximum(count, 1.0)
+        # d var / d mean = 0 at the mean: stop its gradient there, as tf.nn.moments does.
+        centred = inputs - ops.reshape(ops.stop_gradient(mean), [1 if a in axes else -1 for a in range(rank)])
+        variance = ops.sum(ops.square(centred), axis=axes) / ops.maximum(count, 1.0)
+        return mean[None], variance[None], count > 0
 
     def _member_moments(self, inputs, rows):
         """Each member's mean and variance over its own rows and the non-channel axes.
@@ -160,9 +173,14 @@ class EnsembleBatchNormalization(keras.layers.Layer):
         inputs = ops.cast(inputs, dtype)
         rows = MemberRows(inputs, self.ensemble_size)
         if training:
-            mean, variance = self._member_moments(inputs, rows)
-            # A member without rows in this batch keeps its statistics (momentum 1).
-            momentum = ops.where(rows.sizes > 0, ops.cast(self.momentum, dtype), ops.cast(1.0, dtype))[:, None]
+            if self.serving_member is None:
+                mean, variance = self._member_moments(inputs, rows)
+                has_rows = rows.sizes > 0
+            else:  # a member chain: every row is the serving member's; only its row of the statistics moves
+                mean, variance, has_rows = self._chain_moments(inputs)
+                has_rows = ops.logical_and(ops.one_hot(self.serving_member, self.ensemble_size, dtype="int32") > 0, has_rows)
+            # A member without rows in this batch (or outside this chain) keeps its statistics (momentum 1).
+            momentum = ops.where(has_rows, ops.cast(self.momentum, dtype), ops.cast(1.0, dtype))[:, None]
             for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
                 moving.assign(ops.cast(ops.cast(moving, dtype) * momentum + batch * (1.0 - momentum), moving.dtype))
         else:

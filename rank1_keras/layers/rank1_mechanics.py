@@ -135,19 +135,35 @@ class MemberRows:
             self._one_hots[dtype] = ops.one_hot(self.ids, self.ensemble_size, dtype=dtype)
         return self._one_hots[dtype]
 
+    @property
+    def _static_block(self):
+        """B when every member owns B rows and R is known now (a tiled batch); else None."""
+        count, k = self.row_count, self.ensemble_size
+        return count // k if isinstance(count, int) and count > 0 and count % k == 0 else None
+
     def expand(self, table):
         """(K, dim) -> (R, dim): row i is its member's row of `table`.
 
-        A one-hot matmul, one_hot @ table: exact (one non-zero term per row),
-        and the gradient to the table is dense, member k's row summing its
-        rows' gradients.
+        Equal blocks of a known size repeat each row B times (the table itself
+        for B = 1, one example per member); otherwise a one-hot matmul,
+        one_hot @ table, exact (one non-zero term per row). Either way the
+        gradient to member k's row sums its rows' gradients.
         """
         table = ops.convert_to_tensor(table)
+        block = self._static_block
+        if block == 1:
+            return table
+        if block is not None:
+            tail = tuple(table.shape[1:])
+            return ops.reshape(ops.broadcast_to(table[:, None], (self.ensemble_size, block) + tail), (-1,) + tail)
         return ops.matmul(self.one_hot(table.dtype), table)
 
     def sum(self, values):
-        """(R, dim) -> (K, dim): each member's sum over its own rows, one_hot^T @ values."""
+        """(R, dim) -> (K, dim): each member's sum over its own rows (one_hot^T @ values where blocks differ)."""
         values = ops.convert_to_tensor(values)
+        block = self._static_block
+        if block is not None:
+            return ops.sum(ops.reshape(values, (self.ensemble_size, block) + tuple(values.shape[1:])), axis=1)
         return ops.matmul(ops.transpose(self.one_hot(values.dtype)), values)
 
     def select(self, draws):
@@ -393,14 +409,18 @@ class Rank1Mixin:
     #: kernel op takes a folded kernel (`_member_call`); None: it does not fold.
     plain_layer_class = None
 
-    def supports_member_chains(self):
-        """Whether `MemberChains` may run this layer one member at a time at inference.
+    def supports_member_chains(self, training=False):
+        """Whether `MemberChains` may run this layer one member at a time.
 
-        It may when the kernel can be folded and nothing is drawn at
-        inference (point factors, or `inference="mean"`): a chain per member
-        then computes exactly what the tiled form computes for that member.
+        It may when the kernel can be folded and the K factor rows of one
+        call are one table: at inference when nothing is drawn (point
+        factors, or `inference="mean"`), in training unless factors are drawn
+        per example. A chain per member then computes exactly what the tiled
+        form computes for that member's rows.
         """
-        return self.plain_layer_class is not None and not self._draws_at_inference()
+        if self.plain_layer_class is None:
+            return False
+        return not self.sample_per_example if training else not self._draws_at_inference()
 
     def _draws_at_inference(self):
         return self.inference == "sample" and any(f.is_stochastic for f in self._member_factors.values())
@@ -419,15 +439,15 @@ class Rank1Mixin:
     #: computed once for the K chains of one call. None otherwise.
     _chain_cache = None
 
-    def _folded_member_tables(self, dtype, add_kl):
+    def _folded_member_tables(self, dtype, add_kl, sample=False):
         """Every member's folded kernel, (K, ..., input_dim, output_dim), and bias table (K, units) or None.
 
         W_k = W o r_k s_k^T (additive: W + r_k s_k^T) for all K members in one
-        broadcast product, the factors at their posterior mode. r_k scales the
-        kernel's input axis and s_k its output axis (a Dense kernel or a
-        convolution window).
+        broadcast product, the factors drawn (`sample`, one table for the K
+        members) or at their posterior mode. r_k scales the kernel's input
+        axis and s_k its output axis (a Dense kernel or a convolution window).
         """
-        tables = self._draw_member_tables(None, sample=False, add_kl=add_kl)
+        tables = self._draw_member_tables(None, sample=sample, add_kl=add_kl)
         kernel = ops.cast(self.kernel, dtype)
         alpha, gamma = ops.cast(tables["alpha"], dtype), ops.cast(tables["gamma"], dtype)
         window = (1,) * (len(kernel.shape) - 2)  # a convolution's window axes
@@ -436,21 +456,23 @@ class Rank1Mixin:
         kernels = kernel[None] + r * s if self.use_additive_perturbation else kernel[None] * r * s
         return kernels, (ops.cast(tables["bias"], dtype) if self.use_bias else None)
 
-    def _member_call(self, inputs, kernel_op, channel_axis=-1):
+    def _member_call(self, inputs, kernel_op, channel_axis=-1, training=False):
         """Member `serving_member`'s layer on every row: activation(kernel_op(x, W_k) + b_k).
 
-        The K folded kernels are computed once per `MemberChains` call, by
-        member 0's chain, which also adds the KL terms (closed forms at
-        inference) so that `evaluate` sees them once, as in the tiled form.
-        The kernel op, bias and activation are the ones a plain Keras layer
-        runs, which the backends fuse.
+        The factors are drawn (or taken at their mode) and the K folded kernels
+        computed once per `MemberChains` call, by member 0's chain, which also
+        adds the KL terms, so the loss counts them once, as in the tiled form:
+        the same draws from the same seeds. The kernel op, bias and activation
+        are the ones a plain Keras layer runs, which the backends fuse.
         """
         member = self.serving_member
         cache = self._chain_cache
         if cache is not None and "folded" in cache:
             kernels, biases = cache["folded"]
         else:
-            kernels, biases = self._folded_member_tables(inputs.dtype, add_kl=member == 0)
+            kernels, biases = self._folded_member_tables(
+                inputs.dtype, add_kl=member == 0, sample=self._samples_factors(training)
+            )
             # One unstack each, not K slices: under TF's tracing every op costs its launch.
             kernels, biases = ops.unstack(kernels), (None if biases is None else ops.unstack(biases))
             if cache is not None:

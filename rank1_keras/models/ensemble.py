@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from rank1_keras import validation
+from rank1_keras.layers.rank1_mechanics import MemberRows
 
 
 def tile_members(inputs, ensemble_size):
@@ -277,26 +278,36 @@ def member_aware_layers(model):
 
 @keras.saving.register_keras_serializable(package="rank1_keras")
 class MemberChains(keras.Model):
-    """An ensemble's converted network, run as K member chains at inference on large batches.
+    """An ensemble's converted network, run as K member chains in training and on large inference batches.
 
     Built like a functional model, `MemberChains(inputs, outputs, name=...)`;
     `rank1_keras.convert` builds the network between `TileEnsemble` and
     `AverageMembers` with it. Its rows are in block order, member k's block
-    [k*B, (k+1)*B). In training, and at inference on fewer than
-    `chains_from_batch` examples per member, it runs its graph once over all
-    K*B rows (the tiled form, each layer scaling rows by their member's
-    factors). At inference on larger batches, when every member-aware layer
-    supports it (rank-1/BatchEnsemble/LP-BNN Dense and Conv layers whose
-    factors are not drawn at inference, per-member batch norm), it runs the
-    graph K times, chain k on member k's block with every layer set to member
-    k: folded kernels W_k = W o r_k s_k^T, member k's biases and statistics.
-    That is the graph of K separate networks (what `join_ensemble` runs):
-    independent chains a CPU runs side by side, and kernel + bias +
-    activation ops the backends fuse, where the tiled form spends extra
-    passes over every activation (docs/benchmarks.md, "Serving cost").
-    Both forms compute the same outputs, up to float rounding.
+    (`MemberRows`). It runs in one of two forms, with the same outputs up to
+    float rounding:
+
+    - tiled: the graph once over all rows, each layer scaling every row by
+      its member's factors;
+    - member chains: the graph K times, chain k on member k's block with every
+      layer set to member k. Each layer draws its factors (or takes their
+      mode) and folds its K kernels W_k = W o r_k s_k^T once per call; chain k
+      convolves with W_k and adds member k's bias, as a plain layer does,
+      with member k's batch-norm statistics. That is the graph of K separate
+      networks (what `join_ensemble` runs): independent chains a CPU runs side
+      by side, kernel + bias + activation ops the backends fuse.
+
+    Chains need every member-aware layer to support them (rank-1/BatchEnsemble/
+    LP-BNN Dense and Conv layers, per-member batch norm; at inference their
+    factors must not be drawn, `inference="mean"`; in training not drawn per
+    example). In training they take the same draws from the same seeds, batch
+    statistics per member and the KL terms once: the same steps as the tiled
+    form (tests/test_member_chains.py), in less time (docs/benchmarks.md,
+    "Serving cost": TensorFlow 2.77x one network's step against the tiled
+    3.55x and the deep ensemble's K steps' 3.79x).
 
     Attributes:
+        chains_in_training: run member chains in training (default True);
+            batches with fewer rows than members stay tiled.
         chains_from_batch: examples per member from which inference runs
             member chains; None keeps the tiled form always. The default
             is per backend, from the serving benchmark on CPUs
@@ -306,7 +317,8 @@ class MemberChains(keras.Model):
             tiled 3.99x one network at B = 256 against the joined deep
             ensemble's 4.52x). A batch size known only when the graph runs
             (TensorFlow tracing a dynamic batch) takes the chains. Set it on
-            the instance to choose.
+            the instance to choose. For serving, `rank1_keras.fold_members`
+            folds the kernels once, into K plain networks.
 
     Example:
 
@@ -332,29 +344,46 @@ class MemberChains(keras.Model):
             value = validation.check_positive_int(value, "chains_from_batch")
         self.__dict__["_chains_from_batch"] = value
 
-    def chain_layers(self):
+    @property
+    def chains_in_training(self):
+        if "_chains_in_training" in self.__dict__:
+            return self.__dict__["_chains_in_training"]
+        return True
+
+    @chains_in_training.setter
+    def chains_in_training(self, value):
+        self.__dict__["_chains_in_training"] = bool(value)
+
+    def chain_layers(self, training=False):
         """The member-aware layers, when every one of them supports member chains; else None."""
         layers = member_aware_layers(self)
         supported = [getattr(layer, "supports_member_chains", None) for layer in layers]
-        if not layers or not all(check is not None and check() for check in supported):
+        if not layers or not all(check is not None and check(training=bool(training)) for check in supported):
             return None
         return layers
 
-    def _uses_chains(self, inputs, ensemble_size):
+    def _uses_chains(self, inputs, ensemble_size, training=False):
+        rows = keras.tree.flatten(inputs)[0].shape[0]
+        if training:
+            # Every member needs a row (a chain without rows has no batch statistics).
+            return self.chains_in_training and (rows is None or rows >= ensemble_size)
         if self.chains_from_batch is None:
             return False
-        rows = keras.tree.flatten(inputs)[0].shape[0]
         return rows is None or rows // ensemble_size >= self.chains_from_batch
 
     def call(self, inputs, training=None, mask=None, **kwargs):
-        layers = None if training or mask is not None else self.chain_layers()
-        if layers is None or not self._uses_chains(inputs, layers[0].ensemble_size):
+        layers = None if mask is not None else self.chain_layers(training)
+        if layers is None or not self._uses_chains(inputs, layers[0].ensemble_size, training):
             return super().call(inputs, training=training, mask=mask, **kwargs)
         ensemble_size = layers[0].ensemble_size
         flat = keras.tree.flatten(inputs)
-        # Inference rows are a tiled batch, K equal blocks: one reshape and K slices, where
-        # MemberRows.split would gather each block of a batch size known only when the graph runs.
-        blocks = [ops.unstack(split_members(tensor, ensemble_size)) for tensor in flat]
+        if training:
+            # A training batch may be split (TileEnsemble(training_batch="split")): blocks as MemberRows deals them.
+            blocks = [MemberRows(tensor, ensemble_size).split(tensor) for tensor in flat]
+        else:
+            # Inference rows are a tiled batch, K equal blocks: one reshape and one unstack, where
+            # MemberRows.split would gather each block of a batch size known only when the graph runs.
+            blocks = [ops.unstack(split_members(tensor, ensemble_size)) for tensor in flat]
         chains = []
         try:
             for layer in layers:
