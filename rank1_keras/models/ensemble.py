@@ -302,8 +302,8 @@ class MemberChains(keras.Model):
     example). In training they take the same draws from the same seeds, batch
     statistics per member and the KL terms once: the same steps as the tiled
     form (tests/test_member_chains.py), in less time (docs/benchmarks.md,
-    "Serving cost": TensorFlow 2.77x one network's step against the tiled
-    3.55x and the deep ensemble's K steps' 3.79x).
+    "Serving cost": TensorFlow 2.81x one network's step against the tiled
+    3.99x and the deep ensemble's K steps' 4.04x).
 
     Attributes:
         chains_in_training: run member chains in training (default True);

@@ -63,8 +63,8 @@ from rank1_keras.models.ensemble import (
 SERVING_INPUT_KINDS = ("features", "images", "sequences")
 #: From this many examples per request a foldable ensemble is served as K plain networks with its
 #: members' folded kernels (`fold_members`); fewer go through the converted model's one tiled pass,
-#: which is faster there (TensorFlow, 2 cores: 1.57x one network at B = 1 against 1.80x folded;
-#: 2.26x folded against 2.50x tiled at B = 8; docs/benchmarks.md, "Serving cost").
+#: which is faster there (TensorFlow, 2 cores: 1.54x one network at B = 1 against 1.75x folded;
+#: 2.02x folded against 2.41x tiled at B = 8; docs/benchmarks.md, "Serving cost").
 FOLDED_FROM_EXAMPLES = 8
 _INPUT_DTYPES = ("float32", "uint8")
 
