@@ -852,3 +852,23 @@ def test_set_mc_dropout_switches_sampling_and_resets_cached_functions():
     np.testing.assert_allclose(converted.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
     r1.set_mc_dropout(converted, True)
     assert np.abs(converted.predict(x, verbose=0) - model.predict(x, verbose=0)).max() > 1e-4
+
+
+def test_a_conversion_that_would_change_no_layer_names_the_layers_it_found():
+    inputs = keras.Input((6, 3))
+    x = keras.layers.GRU(4, name="gru")(inputs)
+    x = keras.layers.LayerNormalization(name="norm")(x)
+    model = keras.Model(inputs, keras.layers.Softmax()(x))
+    # GRU and LayerNormalization have no ensemble version: K copies of one network is not an ensemble.
+    with pytest.raises(
+        ValueError,
+        match=r"method='batchensemble'\) would change no layer of .*'gru' \(GRU\), 'norm' \(LayerNormalization\)\].*"
+        r"converts \['Conv1D', 'Conv2D', 'Dense', 'LSTM', 'BatchNormalization \(per member\)'\]",
+    ):
+        r1.convert(model, "batchensemble", ensemble_size=2)
+    # A selection of layers that have no ensemble version changes nothing either.
+    dense_model = keras.Sequential([keras.Input((3,)), keras.layers.LayerNormalization(name="norm"),
+                                    keras.layers.Dense(2, activation="softmax", name="head")])
+    with pytest.raises(ValueError, match=r"would change no layer .*'norm' \(LayerNormalization\), 'head' \(Dense\)"):
+        r1.convert(dense_model, "rank1", ensemble_size=2, train_size=10, layers=["norm"])
+    assert len(r1.conversion_summary(dense_model, r1.convert(dense_model, "rank1", ensemble_size=2, train_size=10)).changed_layers) == 1

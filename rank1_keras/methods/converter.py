@@ -313,7 +313,9 @@ def convert(
         layers: which layers convert: None (every convertible layer), or a list
             of layer names and/or classes. Dense, Conv1D, Conv2D and LSTM become
             the method's layers; for "dropout", Dropout layers become
-            `MCDropout`. Every other layer is kept and shared by the members.
+            `MCDropout`. Every other layer is kept and shared by the members; a
+            conversion that would change no layer is a ValueError naming the
+            layers it found.
         batch_norm: "per_member" (each selected BatchNormalization gets
             per-member statistics and affine parameters, as the papers; with
             `layers=`, list the BN layers too) or "shared".

@@ -28,6 +28,8 @@ def rebuild_with_converted_layers(functional, settings):
     core = keras.models.clone_model(
         functional, clone_function=cloner.clone, call_function=_mc_dropout_call(functional, settings)
     )
+    if not cloner.converted_layers and not settings.dropout_rate:
+        raise ValueError(_nothing_converted(functional, settings))
     cloner.copy_weights()
     if settings.spec.finalize is not None:
         settings.spec.finalize(cloner.converted_layers, settings.layer_options)
@@ -87,6 +89,20 @@ class _LayerCloner:
         if spec.copies_weights and getattr(layer, "weights", None):  # graph operations (e.g. NotEqual) have none
             self.copies.append(lambda: new_layer.set_weights(layer.get_weights()))
         return new_layer
+
+
+def _nothing_converted(functional, settings):
+    """The error of a conversion that would change no layer: the layers with weights it found, and what the method converts."""
+    weighted = [f"'{layer.name}' ({type(layer).__name__})" for layer in functional.layers if layer.weights]
+    converts = sorted({layer_class.__name__ for layer_class in settings.spec.layer_conversions})
+    if settings.spec.converts_batch_norm and settings.batch_norm == "per_member":
+        converts.append("BatchNormalization (per member)")
+    return (
+        f"convert(..., method={settings.method!r}) would change no layer of '{functional.name}': its layers with "
+        f"weights are [{', '.join(weighted) or 'none'}], and {settings.method!r} converts {converts}. Name "
+        "convertible layers in layers=, or choose a method that converts these; the result would be one network "
+        "copied K times, not an ensemble."
+    )
 
 
 def _has_per_member_batch_norm(layer, settings):
