@@ -17,6 +17,7 @@ import rank1_keras as r1
 from rank1_keras.convert import member_output_types
 from rank1_keras.layers import GaussianParameters
 from tests.backend_utils import numpy
+from tests.test_member_chains import user_model, with_distinct_members
 
 pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
 
@@ -30,19 +31,6 @@ CASES = {
 }
 
 
-def image_classifier():
-    inputs = keras.Input((8, 8, 2))
-    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
-    x = keras.layers.BatchNormalization()(x)
-    x = keras.layers.Activation("relu")(x)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Conv2D(5, 3, activation="relu")(x)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(6, activation="tanh")(x)
-    outputs = keras.layers.Dense(3, activation="softmax")(x)
-    return keras.Model(inputs, outputs)
-
-
 def sequence_regressor():
     """Causal Conv1D features, pooled, and a Gaussian head: the mixture's mean and scale are averaged."""
     inputs = keras.Input((12, 2))
@@ -52,21 +40,7 @@ def sequence_regressor():
     return keras.Model(inputs, GaussianParameters()(keras.layers.Dense(2)(x)))
 
 
-def with_distinct_members(converted, seed):
-    """Every weight perturbed: members differ in factors, biases, statistics and perturbations."""
-    rng = np.random.RandomState(seed)
-    weights = []
-    for variable in converted.weights:
-        value = numpy(variable)
-        if "moving_variance" in variable.path:
-            weights.append(np.abs(value) * rng.uniform(0.5, 1.5, size=value.shape) + 0.1)
-        else:
-            weights.append(value * rng.uniform(0.8, 1.2, size=value.shape) + 0.05 * rng.standard_normal(value.shape))
-    converted.set_weights(weights)
-    return converted
-
-
-def converted_model(case, builder=image_classifier, seed=0):
+def converted_model(case, builder=user_model, seed=0):
     keras.utils.set_random_seed(seed)
     options = dict(CASES[case])
     method = options.pop("method")
@@ -133,18 +107,18 @@ def lstm_classifier():
 
 def test_layers_that_cannot_fold_are_named_with_the_reason():
     keras.utils.set_random_seed(0)
-    sampled = r1.convert(image_classifier(), "rank1", ensemble_size=K, train_size=100)
+    sampled = r1.convert(user_model(), "rank1", ensemble_size=K, train_size=100)
     with pytest.raises(ValueError, match=r"Layer 'conv2d.*cannot be folded: it draws its factors at inference.*inference='mean'"):
         r1.fold_members(sampled)
     recurrent = r1.convert(lstm_classifier(), "batchensemble", ensemble_size=K)
     with pytest.raises(ValueError, match=r"cannot be folded: LSTMCellBatchEnsemble has no plain Keras form"):
         r1.fold_members(recurrent)
-    joined = r1.join_ensemble([image_classifier() for _ in range(2)])
+    joined = r1.join_ensemble([user_model() for _ in range(2)])
     with pytest.raises(ValueError, match=r"converted must come from rank1_keras.convert"):
         r1.fold_members(joined)
     with pytest.raises(ValueError, match=r"converted must come from rank1_keras.convert"):
-        r1.fold_members(image_classifier())
-    dropout = r1.convert(image_classifier(), "dropout", num_samples=K, dropout_rate=0.1)
+        r1.fold_members(user_model())
+    dropout = r1.convert(user_model(), "dropout", num_samples=K, dropout_rate=0.1)
     with pytest.raises(ValueError, match=r"no per-member layer to fold"):
         r1.fold_members(dropout)
 

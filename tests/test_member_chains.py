@@ -53,8 +53,12 @@ def converted_model(case, seed=0):
     options = dict(CASES[case])
     method = options.pop("method")
     converted = r1.convert(user_model(), method, ensemble_size=K, **options)
-    # Every table its own values: members differ in factors, biases and statistics.
-    rng = np.random.RandomState(seed + 1)
+    return with_distinct_members(converted, seed + 1)
+
+
+def with_distinct_members(converted, seed):
+    """Every weight perturbed: members differ in factors, biases, statistics and perturbations."""
+    rng = np.random.RandomState(seed)
     weights = []
     for variable in converted.weights:
         value = numpy(variable)

@@ -121,25 +121,17 @@ class EnsembleBatchNormalization(keras.layers.Layer):
 
         In a member chain every row takes the serving member's row of the table.
         """
+        if self.serving_member is not None:
+            shape = [1] * rank
+            shape[self._channel_axis] = table.shape[-1]
+            return ops.reshape(table[self.serving_member], shape)
+        return self._expanded(rows, table, rank)
+
+    def _expanded(self, rows, table, rank):
+        """(K, C) -> (R, C) rows by `rows`' members, broadcastable on the rank-`rank` input."""
         shape = [1] * rank
         shape[0], shape[self._channel_axis] = -1, table.shape[-1]
-        if self.serving_member is not None:
-            shape[0] = 1
-            return ops.reshape(table[self.serving_member], shape)
         return ops.reshape(rows.expand(table), shape)
-
-    def _chain_moments(self, inputs):
-        """Mean and variance of a member chain's rows (all the serving member's), as (1, C) tables,
-        and whether the chain has rows. Zero rows give 0 and 0 (nothing to normalise, no NaN)."""
-        rank = len(inputs.shape)
-        axes = [a for a in range(rank) if a != self._channel_axis]
-        shape = ops.shape(inputs)
-        count = ops.cast(functools.reduce(operator.mul, [shape[a] for a in axes], 1), inputs.dtype)
-        mean = ops.sum(inputs, axis=axes) / ops.maximum(count, 1.0)
-        # d var / d mean = 0 at the mean: stop its gradient there, as tf.nn.moments does.
-        centred = inputs - ops.reshape(ops.stop_gradient(mean), [1 if a in axes else -1 for a in range(rank)])
-        variance = ops.sum(ops.square(centred), axis=axes) / ops.maximum(count, 1.0)
-        return mean[None], variance[None], count > 0
 
     def _member_moments(self, inputs, rows):
         """Each member's mean and variance over its own rows and the non-channel axes.
@@ -163,7 +155,7 @@ class EnsembleBatchNormalization(keras.layers.Layer):
 
         mean = member_means(inputs)
         # d var / d mean = 0 at the mean: stop its gradient there, as tf.nn.moments does.
-        centred = inputs - self._row_table(rows, ops.stop_gradient(mean), rank)
+        centred = inputs - self._expanded(rows, ops.stop_gradient(mean), rank)
         variance = member_means(ops.square(centred))
         return mean, variance
 
@@ -177,8 +169,10 @@ class EnsembleBatchNormalization(keras.layers.Layer):
                 mean, variance = self._member_moments(inputs, rows)
                 has_rows = rows.sizes > 0
             else:  # a member chain: every row is the serving member's; only its row of the statistics moves
-                mean, variance, has_rows = self._chain_moments(inputs)
-                has_rows = ops.logical_and(ops.one_hot(self.serving_member, self.ensemble_size, dtype="int32") > 0, has_rows)
+                chain = MemberRows(inputs, 1)
+                mean, variance = self._member_moments(inputs, chain)
+                serving = ops.one_hot(self.serving_member, self.ensemble_size, dtype="int32") > 0
+                has_rows = ops.logical_and(serving, chain.sizes > 0)
             # A member without rows in this batch (or outside this chain) keeps its statistics (momentum 1).
             momentum = ops.where(has_rows, ops.cast(self.momentum, dtype), ops.cast(1.0, dtype))[:, None]
             for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):

@@ -481,8 +481,8 @@ class Rank1Mixin:
         if self.use_bias:
             bias = biases[member]
             rank = len(outputs.shape)
-            if channel_axis % rank != rank - 1:  # channels_first: (units, 1, ...)
-                bias = ops.reshape(bias, (-1,) + (1,) * (rank - 1 - channel_axis % rank))
+            if channel_axis % rank != rank - 1:  # channels_first; a channels-last (units,) bias broadcasts as it is
+                bias = self._broadcast_factor(bias[None], rank, channel_axis)
             outputs = outputs + bias
         if self.activation is not None:
             outputs = self.activation(outputs)
